@@ -10,11 +10,14 @@ class OodbenchError(Exception):
     """An error caused by the user's input or environment; the CLI prints it as one line."""
 
 
-def suggest(name: str, choices: Iterable[str], what: str) -> OodbenchError:
-    """Build an 'unknown X' error that suggests the closest valid names."""
+def suggest(name: str, choices: Iterable[str], what: str, where: str = "") -> OodbenchError:
+    """Build an 'unknown X' error that suggests the closest valid names.
+
+    ``what`` names the kind of thing (``"method"``), ``where`` optionally where it was read.
+    """
     choices = sorted(choices)
     close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    return OodbenchError(
-        f"Unknown {what} {name!r}.{hint} Available: {', '.join(choices)}."
-    )
+    at = f" ({where})" if where else ""
+    listing = ", ".join(choices) if len(choices) <= 40 else f"{len(choices)} names"
+    return OodbenchError(f"Unknown {what} {name!r}{at}.{hint} Available: {listing}.")

@@ -53,3 +53,70 @@ class ScoreRecord:
         if not extra:
             return self.method
         return f"{self.method}({', '.join(f'{k}={v}' for k, v in sorted(extra.items()))})"
+
+
+def _group_name(label: str) -> str:
+    return label.replace("/", "|")
+
+
+def save_records(path, records: list[ScoreRecord], meta: dict[str, Any]) -> None:
+    """Write (or update) a scores file: one group per method label; other groups are kept."""
+    from pathlib import Path
+
+    import h5py
+
+    from .store import _attr, write_h5_atomic
+
+    path = Path(path)
+    arrays: dict[str, np.ndarray] = {}
+    group_attrs: dict[str, dict[str, Any]] = {}
+    if path.exists():
+        with h5py.File(path, "r") as f:
+            for g in f:
+                if g not in {_group_name(r.label) for r in records}:
+                    f[g].visititems(lambda n, o, g=g: arrays.__setitem__(f"{g}/{n}", o[()]) if isinstance(o, h5py.Dataset) else None)
+                    group_attrs[g] = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f[g].attrs.items()}
+    for r in records:
+        g = _group_name(r.label)
+        arrays[f"{g}/id"] = np.asarray(r.id_scores, np.float64)
+        for name, s in r.ood_scores.items():
+            arrays[f"{g}/ood/{name}"] = np.asarray(s, np.float64)
+        if r.id_correct is not None:
+            arrays[f"{g}/id_correct"] = np.asarray(r.id_correct, bool)
+        group_attrs[g] = {k: _attr(v) for k, v in {
+            "method": r.method, "params": r.params, "head": r.head, "accuracy": r.accuracy,
+            "groups": r.groups, "provenance": r.provenance, "label": r.label}.items()}
+    write_h5_atomic(path, arrays, {"kind": "scores", **meta}, group_attrs)
+
+
+def load_records(path) -> list[ScoreRecord]:
+    """Every method's ScoreRecord from one scores file."""
+    from pathlib import Path
+
+    import h5py
+
+    from .errors import OodbenchError
+    from .store import check_version, read_attrs
+
+    path = Path(path)
+    if not path.exists():
+        raise OodbenchError(f"Scores file {path} does not exist: run `oodbench score` first.")
+    out = []
+    with h5py.File(path, "r") as f:
+        meta = read_attrs(f)
+        check_version(path, meta)
+        if meta.get("kind") != "scores":
+            raise OodbenchError(f"{path} is not an oodbench scores file (kind={meta.get('kind')!r}).")
+        for g in f:
+            a = read_attrs(f[g])
+            ood = {n: f[g]["ood"][n][()] for n in f[g]["ood"]} if "ood" in f[g] else {}
+            order = list(a["groups"])
+            out.append(ScoreRecord(
+                model=meta["model_label"], model_key=meta["model_key"], fingerprint=meta["fingerprint"],
+                benchmark=meta["benchmark"], method=a["method"], params=a["params"], head=a["head"],
+                id_scores=f[g]["id"][()], ood_scores={n: ood[n] for n in order if n in ood},
+                groups=a["groups"], accuracy=float(a["accuracy"]),
+                id_correct=f[g]["id_correct"][()] if "id_correct" in f[g] else None,
+                provenance={**a["provenance"], "scores_file": str(path)},
+            ))
+    return out

@@ -1,12 +1,18 @@
-"""CLIP-native scorers that read image embeddings and text banks."""
+"""CLIP-native scorers that read image embeddings and text banks: MCM, GL-MCM, NegLabel, CSP, EOE.
+
+``x``: (N, D) L2-normalised image embeddings, ``t_i``: L2-normalised text embeddings of the ID
+class names (bank ``classes``), cos = cosine similarity. All scores: higher = more ID.
+"""
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import softmax
+from scipy.special import expit, logsumexp, softmax
 
+from ..errors import OodbenchError
 from .base import Param, Scorer
-from .inputs import l2_normalize
+from .common import check_finite, chunk_rows, chunks, features, rowwise
+from .inputs import TextBank, l2_normalize
 from .registry import register_scorer
 
 
@@ -15,24 +21,262 @@ def cosine_to_names(embeds: np.ndarray, name_embeds: np.ndarray) -> np.ndarray:
     return l2_normalize(embeds.astype(np.float32)) @ name_embeds.T.astype(np.float32)
 
 
+def name_embeds(bank: TextBank, templates: str) -> np.ndarray:
+    """(C, D) L2-normalised name embeddings under ``templates``.
+
+    ``templates``: ``"first"``, ``"ensemble"``, a template index, or a template string of the
+    bank (e.g. ``"the nice {}."``).
+    """
+    if "{" in str(templates):
+        if templates not in bank.templates:
+            raise OodbenchError(
+                f"Template {templates!r} is not in this text bank (have: {', '.join(map(repr, bank.templates))})."
+            )
+        templates = bank.templates.index(templates)
+    return check_finite(bank.name_embeds(templates), bank.names, "text embeddings")
+
+
+def _templates_param(default: str = "first") -> Param:
+    return Param(
+        default, str, doc="'first', 'ensemble', a template index or a template string of the bank"
+    )
+
+
 @register_scorer
 class MCM(Scorer):
     """Maximum concept matching: max_c softmax(cos(x, t_c) / T).
 
     T = 1 on raw cosine similarities (the paper's default). ``templates``: ``"first"`` (the
     benchmark's first prompt template, `a photo of a {}.`) or ``"ensemble"`` (all templates).
+    Higher = more ID.
     """
 
     name = "mcm"
     needs = ("embeds", "text")
-    reference = "Ming et al., Delving into OoD Detection with Vision-Language Representations, NeurIPS 2022"
+    reference = (
+        "Ming et al., Delving into OoD Detection with Vision-Language Representations, NeurIPS 2022"
+    )
     params = {
         "temperature": Param(1.0, float, low=1e-6, doc="softmax temperature on cosine similarity"),
-        "templates": Param("first", str, doc="'first', 'ensemble' or a template index"),
+        "templates": _templates_param(),
     }
     search_space = {"temperature": (0.01, 0.1, 0.5, 1.0, 2.0)}
 
     def score(self, data) -> np.ndarray:
-        names = data.text_bank("classes").name_embeds(self.templates)
-        cos = cosine_to_names(data.array("image_embeds"), names).astype(np.float64)
-        return softmax(cos / self.temperature, axis=1).max(1)
+        t = name_embeds(data.text_bank("classes"), self.templates).astype(np.float64)
+        x = features(data, "embeds")
+        return rowwise(
+            lambda r: softmax(np.asarray(x[r], np.float64) @ t.T / self.temperature, axis=1).max(1),
+            x.shape[0],
+            chunk_rows(2 * t.shape[0]),
+        )
+
+
+@register_scorer
+class GLMCM(Scorer):
+    """Global-local MCM: MCM(x) + lambda * max over patches p and classes c of softmax(cos(z_p, t_c) / T).
+
+    ``z_p``: the projected patch embeddings ``local_embeds`` (N, P, D), L2-normalised; the
+    softmax runs over classes for each patch. Higher = more ID.
+    """
+
+    name = "glmcm"
+    needs = ("embeds", "local", "text")
+    reference = "Miyai et al., GL-MCM: Global and Local Maximum Concept Matching for Zero-Shot OoD Detection, IJCV 2025"
+    params = {
+        "temperature": Param(1.0, float, low=1e-6, doc="softmax temperature on cosine similarity"),
+        "lam": Param(1.0, float, low=0.0, doc="weight lambda of the local term"),
+        "templates": _templates_param(),
+    }
+    search_space = {"lam": (0.0, 0.5, 1.0), "temperature": (0.01, 0.1, 1.0)}
+
+    def score(self, data) -> np.ndarray:
+        t = name_embeds(data.text_bank("classes"), self.templates).astype(np.float64)
+        glob = MCM(temperature=self.temperature, templates=self.templates).score(data)
+        local = data.array("local_embeds")  # numpy or a lazily sliced store dataset
+        n, p = local.shape[0], local.shape[1]
+        if n != glob.shape[0]:
+            raise OodbenchError(
+                f"local_embeds has {n} rows but image_embeds has {glob.shape[0]}: re-extract with --local."
+            )
+
+        def local_mcm(r):
+            z = check_finite(
+                np.asarray(local[r], np.float32),
+                lambda: np.asarray(data.ids)[r],
+                "local embeddings",
+            )
+            sims = l2_normalize(z).astype(np.float64) @ t.T  # (n, P, C)
+            return softmax(sims / self.temperature, axis=2).max(axis=(1, 2))
+
+        return glob + self.lam * rowwise(local_mcm, n, chunk_rows(2 * p * t.shape[0]))
+
+
+def mine_negatives(neg: np.ndarray, pos: np.ndarray, ratio: float, percentile: float) -> np.ndarray:
+    """Indices of the negative candidates kept by NegLabel's mining, in ascending order of score.
+
+    For each candidate, the ``percentile``-th percentile (linear interpolation) of its cosine
+    to the ID label embeddings; keep the int(M * ratio) candidates with the lowest value.
+    """
+    q = np.empty(neg.shape[0], np.float64)
+    for r in chunks(neg.shape[0], chunk_rows(pos.shape[0])):
+        q[r] = np.percentile(
+            neg[r].astype(np.float64) @ pos.T.astype(np.float64), percentile, axis=1
+        )
+    return np.argsort(q, kind="stable")[: int(neg.shape[0] * ratio)]
+
+
+def neglabel_score(
+    x: np.ndarray, pos: np.ndarray, neg: np.ndarray, temperature: float, ngroup: int, seed: int
+) -> np.ndarray:
+    """Mean over ``ngroup`` groups of sum_i e^{s_i} / (sum_i e^{s_i} + sum_{j in group} e^{n_j}).
+
+    s = cos(x, pos) / T, n = cos(x, neg) / T. With ngroup > 1 the last M mod ngroup negatives
+    are dropped and the rest split by a seeded permutation into ngroup equal groups (NegLabel's
+    public code); ngroup = 1 uses all negatives. Chunked over images.
+    """
+    m = neg.shape[0]
+    if ngroup > m:
+        raise OodbenchError(
+            f"The 'ngroup' parameter is {ngroup} but only {m} negative labels were kept: lower ngroup or raise ratio."
+        )
+    size = m // ngroup
+    perm = np.random.default_rng(seed).permutation(size * ngroup) if ngroup > 1 else np.arange(m)
+    pos64, neg64 = pos.astype(np.float64), neg[perm].astype(np.float64)
+
+    def grouped(r):
+        xr = np.asarray(x[r], np.float64)
+        lse_pos = logsumexp(xr @ pos64.T / temperature, axis=1)
+        sims = (xr @ neg64.T / temperature).reshape(xr.shape[0], ngroup, size)
+        return expit(lse_pos[:, None] - logsumexp(sims, axis=2)).mean(1)
+
+    return rowwise(grouped, x.shape[0], chunk_rows(2 * (m + pos.shape[0])))
+
+
+@register_scorer
+class NegLabel(Scorer):
+    """NegLabel: sum_i e^{s_i} / (sum_i e^{s_i} + sum_{j in group} e^{n_j}), averaged over groups.
+
+    s_i = cos(x, t_i) / T for the ID labels, n_j = cos(x, neg_j) / T for mined negative labels
+    (T = 0.01). Mining: for each candidate of the text bank(s) ``bank`` (``+``-separated names;
+    each bank mined separately, as the paper's nouns and adjectives), the 95th percentile of its
+    cosine to the ID labels; the ``ratio`` lowest are kept (optionally capped at
+    ``max_negatives`` in total). Grouping: see :func:`neglabel_score`. Higher = more ID.
+    """
+
+    name = "neglabel"
+    needs = ("embeds", "text", "negatives")
+    reference = "Jiang et al., Negative Label Guided OOD Detection with Pretrained Vision-Language Models, ICLR 2024"
+    params = {
+        "temperature": Param(0.01, float, low=1e-6, doc="temperature T on cosine similarity"),
+        "ratio": Param(
+            0.15, float, low=1e-6, high=1.0, doc="fraction of candidates kept as negatives"
+        ),
+        "percentile": Param(
+            95.0,
+            float,
+            low=0.0,
+            high=100.0,
+            doc="percentile of a candidate's similarity to the ID labels",
+        ),
+        "ngroup": Param(100, int, low=1, doc="number of negative groups averaged"),
+        "seed": Param(0, int, low=0, doc="seed of the group permutation"),
+        "max_negatives": Param(
+            None, int, low=1, optional=True, doc="cap on the number of kept negatives"
+        ),
+        "bank": Param("negatives", str, doc="text bank(s) of negative candidates, '+'-separated"),
+        "templates": _templates_param(),
+    }
+    search_space = {
+        "ngroup": (1, 10, 100),
+        "ratio": (0.05, 0.15, 0.3),
+        "percentile": (90.0, 95.0, 100.0),
+    }
+
+    def __init__(self, **params) -> None:
+        super().__init__(**params)
+        self._mined: dict = {}
+
+    def negatives(self, data, pos: np.ndarray) -> np.ndarray:
+        """(M', D) mined negative-label embeddings (cached per text bank and template choice)."""
+        banks = [data.text_bank(name) for name in str(self.bank).split("+") if name]
+        key = (
+            tuple(id(b) for b in banks),
+            self.templates,
+            self.ratio,
+            self.percentile,
+            self.max_negatives,
+        )
+        if key not in self._mined:
+            kept = []
+            for b in banks:
+                cand = name_embeds(b, self.templates)
+                kept.append(cand[mine_negatives(cand, pos, self.ratio, self.percentile)])
+            neg = np.concatenate(kept)
+            if self.max_negatives is not None:
+                neg = neg[: self.max_negatives]
+            if neg.shape[0] == 0:
+                raise OodbenchError(
+                    f"{self.name}: no negative labels kept from {self.bank!r}: raise ratio or add candidates."
+                )
+            self._mined = {key: (neg, banks)}  # keeping the banks alive keeps their ids unique
+        return self._mined[key][0]
+
+    def score(self, data) -> np.ndarray:
+        pos = name_embeds(data.text_bank("classes"), self.templates)
+        neg = self.negatives(data, pos)
+        return neglabel_score(
+            features(data, "embeds"), pos, neg, self.temperature, self.ngroup, self.seed
+        )
+
+
+@register_scorer
+class CSP(NegLabel):
+    """CSP: NegLabel whose candidate pool adds the conjugated semantic pool.
+
+    The pool is the union of the noun bank ``negatives`` and the bank ``negatives_csp`` of
+    adjective labels conjugated with superclass words (``{} object``, ``{} scene``, ...,
+    embedded under several templates); both are mined as NegLabel does. Higher = more ID.
+    """
+
+    name = "csp"
+    reference = "Chen et al., Conjugated Semantic Pool Improves OOD Detection with Pre-trained Vision-Language Models, NeurIPS 2024"
+    params = {
+        **NegLabel.params,
+        "bank": Param(
+            "negatives+negatives_csp", str, doc="text bank(s) of negative candidates, '+'-separated"
+        ),
+    }
+
+
+@register_scorer
+class EOE(Scorer):
+    """Envisioning outlier exposure: max_ID p - beta * max_outlier p.
+
+    p = softmax over the ID labels and the envisioned outlier labels (text bank
+    ``outlier_bank``) of cos(x, .) / T. Higher = more ID.
+    """
+
+    name = "eoe"
+    needs = ("embeds", "text")
+    reference = "Cao et al., Envisioning Outlier Exposure by Large Language Models for OoD Detection, ICML 2024"
+    params = {
+        "beta": Param(0.25, float, low=0.0, doc="weight of the outlier term"),
+        "temperature": Param(1.0, float, low=1e-6, doc="softmax temperature on cosine similarity"),
+        "outlier_bank": Param("outliers", str, doc="text bank of envisioned outlier labels"),
+        "templates": _templates_param(),
+    }
+    search_space = {"beta": (0.0, 0.1, 0.25, 0.5, 1.0)}
+
+    def score(self, data) -> np.ndarray:
+        pos = name_embeds(data.text_bank("classes"), self.templates).astype(np.float64)
+        out = name_embeds(data.text_bank(self.outlier_bank), self.templates).astype(np.float64)
+        both = np.concatenate([pos, out])
+        x = features(data, "embeds")
+        c = pos.shape[0]
+
+        def eoe(r):
+            p = softmax(np.asarray(x[r], np.float64) @ both.T / self.temperature, axis=1)
+            return p[:, :c].max(1) - self.beta * p[:, c:].max(1)
+
+        return rowwise(eoe, x.shape[0], chunk_rows(2 * both.shape[0]))

@@ -1,62 +1,94 @@
-"""Feature-space scorers fitted on the ID train split: KNN, Mahalanobis, ViM."""
+"""Feature-space scorers fitted on the ID train split: KNN, NNGuide, Mahalanobis, RMDS, ViM,
+Residual. ``h``: (N, D) features; all scores are higher = more in-distribution."""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
-from scipy.special import logsumexp
 
 from ..errors import OodbenchError
 from .base import Param, Scorer, feature_param
+from .common import (
+    CHUNK_BYTES,
+    chunk_rows,
+    chunks,
+    class_means,
+    energy,
+    features,
+    head_arrays,
+    head_features,
+    quad_forms,
+    scatter,
+    seeded_subset,
+)
 from .inputs import l2_normalize
 from .registry import register_scorer
 
+log = logging.getLogger(__name__)
 
-def _class_means(h: np.ndarray, labels: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per-class means (C, D) of labelled rows; returns (means, class ids present)."""
-    known = labels >= 0
-    if not known.any():
-        raise OodbenchError(f"{name} needs labelled ID train samples; the train split has none.")
-    classes, inv, counts = np.unique(labels[known], return_inverse=True, return_counts=True)
-    if counts.min() < 2:
-        c = classes[counts.argmin()]
-        raise OodbenchError(
-            f"{name}: class {c} has {counts.min()} train sample(s); a covariance needs ≥ 2 per class. "
-            "Use a larger train subset."
+
+def topk_similarities(queries: np.ndarray, bank: np.ndarray, k: int) -> np.ndarray:
+    """(N, k) largest inner products of each query row with the bank rows, descending.
+
+    Exact, chunked over queries so that one (chunk, bank) block stays under ``CHUNK_BYTES``.
+    """
+    bank_t = torch.from_numpy(np.ascontiguousarray(bank, dtype=np.float32))
+    out = np.empty((queries.shape[0], k), np.float64)
+    for rows in chunks(queries.shape[0], chunk_rows(bank.shape[0], itemsize=4)):
+        q = torch.from_numpy(np.ascontiguousarray(queries[rows], dtype=np.float32))
+        out[rows] = (
+            torch.topk(q @ bank_t.T, k, dim=1, largest=True, sorted=True).values.double().numpy()
         )
-    sums = np.zeros((classes.size, h.shape[1]), np.float64)
-    np.add.at(sums, inv, h[known])
-    return sums / counts[:, None], classes
+    return out
 
 
-def knn_kth_distance(queries: np.ndarray, bank: np.ndarray, k: int, chunk: int = 4096) -> np.ndarray:
+def knn_kth_distance(queries: np.ndarray, bank: np.ndarray, k: int) -> np.ndarray:
     """Euclidean distance from each query row to its k-th nearest bank row (exact, chunked).
 
     Both inputs are expected L2-normalised, so d^2 = 2 - 2 <q, b>.
     """
-    bank_t = torch.from_numpy(np.ascontiguousarray(bank, dtype=np.float32))
-    out = np.empty(queries.shape[0], np.float64)
-    for s in range(0, queries.shape[0], chunk):
-        q = torch.from_numpy(np.ascontiguousarray(queries[s : s + chunk], dtype=np.float32))
-        sim = q @ bank_t.T
-        kth = torch.topk(sim, k, dim=1, largest=True, sorted=True).values[:, -1]
-        out[s : s + chunk] = torch.sqrt(torch.clamp(2.0 - 2.0 * kth.double(), min=0.0)).numpy()
-    return out
+    kth = topk_similarities(queries, bank, k)[:, -1]
+    return np.sqrt(np.clip(2.0 - 2.0 * kth, 0.0, None))
+
+
+def _bank_params(default_fraction: float) -> dict[str, Param]:
+    return {
+        "bank_fraction": Param(
+            default_fraction,
+            float,
+            low=1e-6,
+            high=1.0,
+            doc="fraction of the train split kept as bank",
+        ),
+        "seed": Param(0, int, low=0, doc="seed of the bank subset"),
+    }
 
 
 @register_scorer
 class KNN(Scorer):
-    """Negative distance to the k-th nearest ID train feature, all L2-normalised."""
+    """Negative distance to the k-th nearest ID train feature, all L2-normalised: -||z - z_(k)||.
+
+    ``bank_fraction`` < 1 keeps a seeded random subset of the train split as the bank (the
+    paper's ImageNet setting: k=1000 on a 1% bank). Higher = more ID.
+    """
 
     name = "knn"
     needs = ("features",)
     fit_split = "train"
     reference = "Sun et al., Out-of-Distribution Detection with Deep Nearest Neighbors, ICML 2022"
-    params = {"k": Param(50, int, low=1, doc="neighbour rank"), "feature": feature_param()}
-    search_space = {"k": (1, 10, 50, 100, 200)}
+    params = {
+        "k": Param(50, int, low=1, doc="neighbour rank"),
+        "feature": feature_param(),
+        **_bank_params(1.0),
+    }
+    search_space = {"k": (1, 10, 50, 100, 200, 500, 1000)}
 
     def fit(self, data) -> KNN:
-        bank = l2_normalize(data.features(self.feature))
+        h = features(data, self.feature)
+        keep = seeded_subset(h.shape[0], self.bank_fraction, self.k, self.seed)
+        bank = l2_normalize(h if keep is None else h[keep])
         if bank.shape[0] < self.k:
             raise OodbenchError(
                 f"The 'k' parameter of knn is {self.k} but the train bank has only {bank.shape[0]} samples: lower k."
@@ -67,12 +99,65 @@ class KNN(Scorer):
 
     def score(self, data) -> np.ndarray:
         self.check_fitted()
-        return -knn_kth_distance(l2_normalize(data.features(self.feature)), self.bank_, self.k)
+        return -knn_kth_distance(l2_normalize(features(data, self.feature)), self.bank_, self.k)
+
+
+@register_scorer
+class NNGuide(Scorer):
+    """Nearest-neighbour guidance: E(x) * mean of the top-k <h^(x), E(x_j) h^(x_j)> over a bank.
+
+    E = logsumexp of the head's logits, h^ = L2-normalised head features; the bank is a seeded
+    ``bank_fraction`` subset of the train split (at least k samples). Higher = more ID.
+    """
+
+    name = "nnguide"
+    needs = ("head", "features")
+    fit_split = "train"
+    reference = (
+        "Park et al., Nearest Neighbor Guidance for Out-of-Distribution Detection, ICCV 2023"
+    )
+    params = {"k": Param(100, int, low=1, doc="number of neighbours"), **_bank_params(0.01)}
+    search_space = {"k": (1, 10, 50, 100, 200), "bank_fraction": (0.01, 0.05, 0.1, 1.0)}
+
+    def fit(self, data) -> NNGuide:
+        h = head_features(data)
+        if h.shape[0] < self.k:
+            raise OodbenchError(
+                f"The 'k' parameter of nnguide is {self.k} but the train split has only {h.shape[0]} samples: lower k."
+            )
+        keep = seeded_subset(h.shape[0], self.bank_fraction, self.k, self.seed)
+        h = h if keep is None else h[keep]
+        w, b = head_arrays(data)
+        e = energy(h.astype(np.float64) @ w.T + b)
+        self.bank_ = (l2_normalize(h.astype(np.float64)) * e[:, None]).astype(np.float32)
+        self.fitted_ = True
+        return self
+
+    def score(self, data) -> np.ndarray:
+        self.check_fitted()
+        h = head_features(data).astype(np.float64)
+        w, b = head_arrays(data)
+        e = np.concatenate(
+            [energy(h[r] @ w.T + b) for r in chunks(h.shape[0], chunk_rows(w.shape[0]))]
+        )
+        guidance = topk_similarities(l2_normalize(h), self.bank_, self.k).mean(1)
+        return e * guidance
+
+
+def _shared_precision(h: np.ndarray, labels: np.ndarray, who: str) -> tuple[np.ndarray, np.ndarray]:
+    """Class means (K, D) and the pseudo-inverse of the shared class-centred covariance."""
+    means, _, slot = class_means(h, labels, who, min_count=2)
+    cov = scatter(h, means=means, slot=slot) / int((slot >= 0).sum())
+    return means, np.linalg.pinv(cov, hermitian=True)
 
 
 @register_scorer
 class Mahalanobis(Scorer):
-    """max_c -(h - mu_c)^T Sigma^-1 (h - mu_c), one shared covariance of class-centred features."""
+    """max_c -(h - mu_c)^T Sigma^-1 (h - mu_c), one shared covariance of class-centred train features.
+
+    No input noise (the original's input perturbation needs a forward pass); pseudo-inverse
+    precision. Higher = more ID.
+    """
 
     name = "mahalanobis"
     needs = ("features", "labels")
@@ -81,33 +166,82 @@ class Mahalanobis(Scorer):
     params = {"feature": feature_param()}
 
     def fit(self, data) -> Mahalanobis:
-        h = data.features(self.feature).astype(np.float64)
-        means, _ = _class_means(h, data.labels, self.name)
-        labels = data.labels
-        known = labels >= 0
-        _, inv = np.unique(labels[known], return_inverse=True)
-        centred = h[known] - means[inv]
-        cov = centred.T @ centred / centred.shape[0]
-        self.precision_ = np.linalg.pinv(cov, hermitian=True)
-        self.means_ = means
+        self.means_, self.precision_ = _shared_precision(
+            features(data, self.feature), data.labels, self.name
+        )
         self.fitted_ = True
         return self
 
     def score(self, data) -> np.ndarray:
         self.check_fitted()
-        h = data.features(self.feature).astype(np.float64)
-        # (h-mu)^T P (h-mu) = h^T P h - 2 h^T P mu + mu^T P mu, for all classes at once
-        hp = h @ self.precision_
-        quad_h = np.einsum("nd,nd->n", hp, h)
-        cross = hp @ self.means_.T
-        quad_mu = np.einsum("cd,cd->c", self.means_ @ self.precision_, self.means_)
-        dist = quad_h[:, None] - 2.0 * cross + quad_mu[None, :]
-        return -dist.min(1)
+        h = features(data, self.feature)
+        out = np.empty(h.shape[0], np.float64)
+        for rows, dist in quad_forms(h, self.means_, self.precision_):
+            out[rows] = -dist.min(1)
+        return out
+
+
+@register_scorer
+class RMDS(Scorer):
+    """Relative Mahalanobis: max_c [-MD_c(h) + MD_0(h)].
+
+    MD_c uses the class means and the shared class-centred covariance (as Mahalanobis),
+    MD_0 one background Gaussian (mean and covariance of all train features). Higher = more ID.
+    """
+
+    name = "rmds"
+    needs = ("features", "labels")
+    fit_split = "train"
+    reference = "Ren et al., A Simple Fix to Mahalanobis Distance for Improving Near-OOD Detection, arXiv 2021"
+    params = {"feature": feature_param()}
+
+    def fit(self, data) -> RMDS:
+        h = features(data, self.feature)
+        self.means_, self.precision_ = _shared_precision(h, data.labels, self.name)
+        known = np.asarray(data.labels) >= 0
+        hk = h if known.all() else h[known]
+        self.mean0_ = hk.mean(0, dtype=np.float64)
+        cov0 = scatter(hk, center=self.mean0_) / hk.shape[0]
+        self.precision0_ = np.linalg.pinv(cov0, hermitian=True)
+        self.fitted_ = True
+        return self
+
+    def score(self, data) -> np.ndarray:
+        self.check_fitted()
+        h = features(data, self.feature)
+        out = np.empty(h.shape[0], np.float64)
+        for rows, dist in quad_forms(h, self.means_, self.precision_):
+            out[rows] = -dist.min(1)
+        for rows, dist0 in quad_forms(h, self.mean0_[None], self.precision0_):
+            out[rows] += dist0[:, 0]
+        return out
+
+
+def residual_space(h: np.ndarray, u: np.ndarray, dim: int) -> np.ndarray:
+    """(D, D - dim) eigenvectors of the (uncentred) covariance of h - u beyond the top ``dim``."""
+    cov = scatter(h, center=u) / h.shape[0]
+    eigval, eigvec = np.linalg.eigh(cov)
+    order = np.argsort(eigval)[::-1]
+    return np.ascontiguousarray(eigvec[:, order[dim:]])
+
+
+def residual_norm(h: np.ndarray, u: np.ndarray, ns: np.ndarray) -> np.ndarray:
+    """||(h - u) P_perp|| per row, chunked."""
+    out = np.empty(h.shape[0], np.float64)
+    for rows in chunks(h.shape[0], chunk_rows(h.shape[1], budget=CHUNK_BYTES // 2)):
+        out[rows] = np.linalg.norm((np.asarray(h[rows], np.float64) - u) @ ns, axis=1)
+    return out
+
+
+def _origin(data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    w, b = head_arrays(data)
+    u = -np.linalg.pinv(w) @ b if b.any() else np.zeros(w.shape[1])  # zero-shot heads have b = 0
+    return w, b, u
 
 
 @register_scorer
 class ViM(Scorer):
-    """Virtual-logit matching: logsumexp(z) - alpha * ||(h - u) P_perp||.
+    """Virtual-logit matching: logsumexp(z) - alpha * ||(h - u) P_perp||. Higher = more ID.
 
     u = -pinv(W) b, P_perp spans the covariance eigenvectors beyond the top ``dim``, and
     alpha = mean max train logit / mean train residual norm.
@@ -117,38 +251,84 @@ class ViM(Scorer):
     needs = ("head", "features")
     fit_split = "train"
     reference = "Wang et al., ViM: Out-Of-Distribution with Virtual-logit Matching, CVPR 2022"
-    params = {"dim": Param(256, int, low=1, optional=True, doc="principal subspace dimension (None: auto)")}
+    params = {
+        "dim": Param(
+            256, int, low=1, optional=True, doc="principal subspace dimension (None: auto)"
+        )
+    }
     search_space = {"dim": (16, 32, 64, 128, 256, 512)}
 
     def _dim(self, d: int) -> int:
         if self.dim is None:
-            return 1000 if d >= 2048 else (512 if d >= 768 else d // 2)
+            return 1000 if d >= 1500 else (512 if d >= 768 else d // 2)
         return self.dim
 
     def fit(self, data) -> ViM:
-        head = data.require_head()
-        h = data.head_features().astype(np.float64)
+        h = head_features(data)
         dim = self._dim(h.shape[1])
         if dim >= h.shape[1]:
             raise OodbenchError(
                 f"The 'dim' parameter of vim is {dim} but the feature has only {h.shape[1]} dimensions: "
                 f"use --param vim.dim=N with N < {h.shape[1]}."
             )
-        self.u_ = -np.linalg.pinv(head.weight.astype(np.float64)) @ head.bias.astype(np.float64)
-        x = h - self.u_
-        cov = x.T @ x / x.shape[0]
-        eigval, eigvec = np.linalg.eigh(cov)
-        order = np.argsort(eigval)[::-1]
-        self.ns_ = np.ascontiguousarray(eigvec[:, order[dim:]])
-        residual = np.linalg.norm(x @ self.ns_, axis=1)
-        max_logit = head.logits(h).max(1)
+        w, b, self.u_ = _origin(data)
+        self.ns_ = residual_space(h, self.u_, dim)
+        residual = residual_norm(h, self.u_, self.ns_)
+        max_logit = np.concatenate(
+            [
+                (np.asarray(h[r], np.float64) @ w.T + b).max(1)
+                for r in chunks(h.shape[0], chunk_rows(w.shape[0]))
+            ]
+        )
         self.alpha_ = float(max_logit.mean() / max(residual.mean(), 1e-12))
         self.fitted_ = True
         return self
 
     def score(self, data) -> np.ndarray:
         self.check_fitted()
-        h = data.head_features().astype(np.float64)
-        energy = logsumexp(data.require_head().logits(h), axis=1)
-        residual = np.linalg.norm((h - self.u_) @ self.ns_, axis=1)
-        return energy - self.alpha_ * residual
+        h = head_features(data)
+        w, b = head_arrays(data)
+        e = np.concatenate(
+            [
+                energy(np.asarray(h[r], np.float64) @ w.T + b)
+                for r in chunks(h.shape[0], chunk_rows(w.shape[0]))
+            ]
+        )
+        return e - self.alpha_ * residual_norm(h, self.u_, self.ns_)
+
+
+@register_scorer
+class Residual(Scorer):
+    """Negative residual norm: -||(h - u) P_perp||, u = -pinv(W) b, P_perp beyond the top ``dim``.
+
+    When ``dim`` ≥ D the principal dimension is capped at D // 2 (``dim_`` records it).
+    Higher = more ID.
+    """
+
+    name = "residual"
+    needs = ("head", "features")
+    fit_split = "train"
+    reference = "Wang et al., ViM: Out-Of-Distribution with Virtual-logit Matching, CVPR 2022 (Residual baseline)"
+    params = {
+        "dim": Param(
+            512, int, low=1, doc="principal subspace dimension (capped at D // 2 when ≥ D)"
+        )
+    }
+    search_space = {"dim": (16, 32, 64, 128, 256, 512)}
+
+    def fit(self, data) -> Residual:
+        h = head_features(data)
+        d = h.shape[1]
+        self.dim_ = self.dim if self.dim < d else d // 2
+        if self.dim_ != self.dim:
+            log.info(
+                "residual: dim=%d ≥ feature dimension %d, using dim=%d", self.dim, d, self.dim_
+            )
+        _, _, self.u_ = _origin(data)
+        self.ns_ = residual_space(h, self.u_, self.dim_)
+        self.fitted_ = True
+        return self
+
+    def score(self, data) -> np.ndarray:
+        self.check_fitted()
+        return -residual_norm(head_features(data), self.u_, self.ns_)

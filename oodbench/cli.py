@@ -1,0 +1,289 @@
+"""The ``oodbench`` command line: parses options, calls :mod:`oodbench.api`, renders with rich."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from . import __version__
+from .console import console, out
+from .errors import OodbenchError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+                  help="Post-hoc OoD detection for (fine-tuned) CLIP: extract once, score many times.")
+list_app = typer.Typer(no_args_is_help=True, help="List benchmarks, datasets, methods, models, store contents.")
+app.add_typer(list_app, name="list")
+
+
+class Fmt(str, Enum):
+    rich = "rich"
+    markdown = "markdown"
+    csv = "csv"
+    json = "json"
+    latex = "latex"
+
+
+class Fpr(str, Enum):
+    id = "id"
+    ood = "ood"
+    both = "both"
+
+
+def friendly(fn):
+    """Turn OodbenchError into one red line and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except OodbenchError as exc:
+            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+Store_ = Annotated[Path | None, typer.Option("--store", help="Store root (default $OODBENCH_STORE or ./oodbench_store).")]
+Bench = Annotated[str, typer.Option("--benchmark", "-b", help="Benchmark name (oodbench list benchmarks).")]
+Benches = Annotated[Path | None, typer.Option("--benchmarks", help="Your own benchmarks YAML (default: the shipped one).")]
+DataRoot = Annotated[Path | None, typer.Option("--data-root", help="Root of the image data (default $OODBENCH_DATA).")]
+Methods = Annotated[list[str] | None, typer.Option("--method", "-m", help="Method(s), repeat or comma-separate; 'all' for every registered one.")]
+Params = Annotated[list[str] | None, typer.Option("--param", "-p", help="Hyperparameter override: method.name=value or name=value.")]
+Plugins = Annotated[list[Path] | None, typer.Option("--plugin", help="Python file registering extra scorers.")]
+
+
+def _methods(values: list[str] | None, default) -> list[str] | str:
+    if not values:
+        return list(default)
+    flat = [m.strip() for v in values for m in v.split(",") if m.strip()]
+    return "all" if flat == ["all"] else flat
+
+
+def _plugins(paths: list[Path] | None) -> None:
+    from .scorers import load_plugin
+
+    for p in paths or []:
+        load_plugin(p)
+
+
+def _options(batch_size, workers, device, precision, dtype, layers, local, overwrite):
+    from .extract import ExtractOptions
+
+    return ExtractOptions(batch_size=batch_size, workers=workers, device=device, precision=precision,
+                          dtype=dtype, layers=layers, local=local, overwrite=overwrite)
+
+
+@app.command()
+@friendly
+def extract(
+    benchmark: Bench = "digits",
+    model: Annotated[str | None, typer.Option("--model", help="open_clip model name (default: the benchmark's).")] = None,
+    pretrained: Annotated[str | None, typer.Option("--pretrained", help="open_clip pretrained tag.")] = None,
+    ckpt: Annotated[Path | None, typer.Option("--ckpt", help="Fine-tuned checkpoint file.")] = None,
+    ckpt_format: Annotated[str, typer.Option("--ckpt-format", help="Checkpoint format (auto-detected).")] = "auto",
+    dataset: Annotated[list[str] | None, typer.Option("--dataset", help="Only these datasets of the benchmark.")] = None,
+    store: Store_ = None,
+    benchmarks: Benches = None,
+    data_root: DataRoot = None,
+    download: Annotated[bool, typer.Option("--download", help="Let torchvision datasets download.")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes.")] = 0,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")] = "auto",
+    precision: Annotated[str, typer.Option("--precision", help="auto, fp32, fp16 or bf16 (autocast).")] = "auto",
+    dtype: Annotated[str, typer.Option("--dtype", help="Storage dtype: float32 or float16.")] = "float32",
+    layers: Annotated[str | None, typer.Option("--layers", help="Per-layer CLS tokens: 'all' or '3,7,11'.")] = None,
+    local: Annotated[bool, typer.Option("--local", help="Projected patch embeddings (GL-MCM).")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing feature files.")] = False,
+) -> None:
+    """Run the network once per dataset split and write the feature store."""
+    from . import api
+
+    if precision not in ("auto", "fp32", "fp16", "bf16") or dtype not in ("float32", "float16"):
+        raise OodbenchError("--precision must be auto/fp32/fp16/bf16 and --dtype float32/float16.")
+    key = api.extract(model, pretrained, benchmark=benchmark, ckpt=ckpt, ckpt_format=ckpt_format, store=store,
+                      benchmarks=benchmarks, data_root=data_root, download=download, datasets=dataset,
+                      options=_options(batch_size, workers, device, precision, dtype, layers, local, overwrite))
+    out.print(key)
+
+
+@app.command()
+@friendly
+def score(
+    method: Methods = None,
+    benchmark: Bench = "digits",
+    model_key: Annotated[str | None, typer.Option("--model-key", help="Which model of the store (prefix ok).")] = None,
+    param: Params = None,
+    head: Annotated[str, typer.Option("--head", help="zeroshot or linear (a checkpoint's head).")] = "zeroshot",
+    head_templates: Annotated[str, typer.Option("--head-templates", help="Zero-shot head: ensemble, first or an index.")] = "ensemble",
+    store: Store_ = None,
+    benchmarks: Benches = None,
+    plugin: Plugins = None,
+) -> None:
+    """Compute per-sample scores (higher = more ID) from the store, on the CPU."""
+    from . import api
+
+    _plugins(plugin)
+    records = api.score(_methods(method, api.SPINE_METHODS), benchmark=benchmark, model_key=model_key,
+                        store=store, params=param, head=head, head_templates=head_templates, benchmarks=benchmarks)
+    out.print(api.report(records))
+
+
+@app.command()
+@friendly
+def report(
+    scores: Annotated[list[Path] | None, typer.Argument(help="Scores files or store roots (default: the last run).")] = None,
+    fmt: Annotated[Fmt, typer.Option("--format", "-f", help="Output format.")] = Fmt.rich,
+    latex: Annotated[bool, typer.Option("--latex", help="Shorthand for --format latex.")] = False,
+    standalone: Annotated[bool, typer.Option("--standalone", help="LaTeX: a complete compilable document.")] = False,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")] = None,
+    metric: Annotated[list[str] | None, typer.Option("--metric", help="Metrics: auroc fpr95 aupr_in aupr_out.")] = None,
+    fpr: Annotated[Fpr, typer.Option("--fpr", help="FPR@95 convention: id (classic, ID positive), ood (OpenOOD v1.5), both.")] = Fpr.id,
+    method: Methods = None,
+    baseline: Annotated[str | None, typer.Option("--baseline", help="Model label to show deltas against.")] = None,
+    ci: Annotated[float | None, typer.Option("--ci", help="Bootstrap confidence level, e.g. 0.95.")] = None,
+    n_boot: Annotated[int, typer.Option("--n-boot", min=10)] = 1000,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    plots: Annotated[Path | None, typer.Option("--plots", help="Also write plots (PNG+PDF) to this directory.")] = None,
+    store: Store_ = None,
+) -> None:
+    """Tables (and plots) of AUROC, FPR@95, AUPR and ID accuracy from score files."""
+    from . import api
+
+    fmt_value = "latex" if latex else fmt.value
+    records = api.load_scores(scores, store)
+    methods = None if not method else [m for v in method for m in v.split(",")]
+    result = api.report(records, fmt=fmt_value, baseline=baseline, ci=ci, n_boot=n_boot, seed=seed,
+                        metrics=tuple(metric or ("auroc", "fpr95")), fpr=fpr.value, methods=methods,
+                        standalone=standalone)
+    if output:
+        if fmt_value == "rich":
+            raise OodbenchError("--output needs a text format: pass --format markdown/csv/json/latex.")
+        output.write_text(result)
+        console.print(f"wrote {output}")
+    else:
+        out.print(result, soft_wrap=True, highlight=False, markup=False) if isinstance(result, str) else out.print(result)
+    if plots:
+        from .report import save_plots
+
+        paths = save_plots(records, plots)
+        console.print(f"wrote {len(paths)} plot files to {plots}")
+
+
+@app.command()
+@friendly
+def run(
+    benchmark: Bench = "digits",
+    model: Annotated[str | None, typer.Option("--model")] = None,
+    pretrained: Annotated[str | None, typer.Option("--pretrained")] = None,
+    ckpt: Annotated[Path | None, typer.Option("--ckpt")] = None,
+    method: Methods = None,
+    param: Params = None,
+    head: Annotated[str, typer.Option("--head")] = "zeroshot",
+    store: Store_ = None,
+    benchmarks: Benches = None,
+    data_root: DataRoot = None,
+    download: Annotated[bool, typer.Option("--download")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    device: Annotated[str, typer.Option("--device")] = "auto",
+    plugin: Plugins = None,
+) -> None:
+    """extract (cached) -> score -> report for one benchmark; no arguments: the offline digits world."""
+    from . import api
+
+    _plugins(plugin)
+    records = api.run(benchmark, model=model, pretrained=pretrained, ckpt=ckpt,
+                      methods=_methods(method, api.SPINE_METHODS), store=store, benchmarks=benchmarks,
+                      data_root=data_root, download=download, params=param, head=head,
+                      options=_options(batch_size, 0, device, "auto", "float32", None, False, False))
+    out.print(api.report(records))
+
+
+@app.command()
+@friendly
+def world(retrain: Annotated[bool, typer.Option("--retrain", help="Train the tiny model again.")] = False) -> None:
+    """Train (or show) the offline world's tiny CLIP, cached under the user cache directory."""
+    from .models import ensure_tiny
+
+    out.print(str(ensure_tiny(retrain=retrain)))
+
+
+@list_app.command("benchmarks")
+@friendly
+def list_benchmarks(benchmarks: Benches = None) -> None:
+    """Benchmarks of the catalogue with their ID and OoD datasets."""
+    from rich.table import Table
+
+    from .config import load_catalogue
+
+    cat = load_catalogue(benchmarks)
+    t = Table(title=f"benchmarks in {cat.path}")
+    for c in ("benchmark", "ID train / test", "near-OoD", "far-OoD", "classes", "model"):
+        t.add_column(c)
+    for b in cat.benchmarks.values():
+        near = [d for d, g in b.ood.items() if g == "near"]
+        far = [d for d, g in b.ood.items() if g == "far"]
+        t.add_row(b.name, f"{b.id_train} / {b.id_test}", ", ".join(near) or "-", ", ".join(far) or "-",
+                  str(len(b.classes)), f"{b.model.get('name', '-')} {b.model.get('pretrained', '')}")
+    out.print(t)
+
+
+@list_app.command("methods")
+@friendly
+def list_methods(plugin: Plugins = None) -> None:
+    """Every registered scorer: what it reads, what it fits on, its defaults and reference."""
+    from rich.table import Table
+
+    from .scorers import get_scorer, scorer_names
+
+    _plugins(plugin)
+    t = Table(title="scorers (higher score = more in-distribution)")
+    for c in ("method", "needs", "fit on", "defaults", "reference"):
+        t.add_column(c, overflow="fold")
+    for n in scorer_names():
+        d = get_scorer(n).describe()
+        t.add_row(d["name"], d["needs"], d["fit"], d["defaults"], d["reference"])
+    out.print(t)
+
+
+@list_app.command("models")
+@friendly
+def list_models(store: Store_ = None) -> None:
+    """Models in the store (keys for --model-key) and their feature files."""
+    from rich.table import Table
+
+    from .paths import default_store
+    from .store import Store, read_h5
+
+    st = Store(store or default_store())
+    t = Table(title=f"models in {st.root}")
+    for c in ("model key", "model", "weights", "fingerprint", "feature files"):
+        t.add_column(c)
+    for k in st.model_keys():
+        _, a = read_h5(st.model_path(k))
+        files = sorted(p.stem for p in (st.model_dir(k) / "features").glob("*.h5"))
+        t.add_row(k, a["model_name"], str(a.get("ckpt") or a.get("pretrained")), a["fingerprint"][:12], ", ".join(files))
+    out.print(t)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"oodbench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True)] = False) -> None:
+    pass
+
+
+def main() -> None:
+    app(prog_name="oodbench")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

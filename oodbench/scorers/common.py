@@ -1,0 +1,173 @@
+"""Small numeric helpers shared by the scorer families: finiteness checks, chunking, energy,
+class means and covariances computed without materialising big intermediate matrices."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.special import logsumexp
+
+from ..errors import OodbenchError
+
+CHUNK_BYTES = 256 * 2**20
+"""Budget for one chunk's largest temporary (e.g. a queries x bank similarity block)."""
+
+
+def check_finite(x: np.ndarray, ids=None, what: str = "features") -> np.ndarray:
+    """Return ``x`` unchanged, or raise naming the samples (rows) that hold NaN or inf.
+
+    ``ids``: per-row sample ids (an array, or a callable returning one) used in the message.
+    """
+    x = np.asarray(x)
+    if x.dtype.kind != "f":
+        return x
+    flat = x.reshape(x.shape[0], -1) if x.ndim > 1 else x[:, None]
+    bad = ~np.isfinite(flat).all(1)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        ids = ids() if callable(ids) else ids
+        names = (
+            [str(ids[i]) for i in rows[:5]] if ids is not None else [f"row {i}" for i in rows[:5]]
+        )
+        more = f" (and {rows.size - 5} more)" if rows.size > 5 else ""
+        raise OodbenchError(
+            f"The {what} of {rows.size} sample(s) contain NaN or inf: {', '.join(names)}{more}. "
+            "Re-extract them (fp16 overflow?) or drop them from the split."
+        )
+    return x
+
+
+def features(data, space: str) -> np.ndarray:
+    """(N, D) float32 features of a named space, checked finite."""
+    return check_finite(data.features(space), lambda: data.ids, f"{space!r} features")
+
+
+def head_features(data) -> np.ndarray:
+    """(N, D) features the head reads, checked finite."""
+    return features(data, data.require_head().input)
+
+
+def logits(data) -> np.ndarray:
+    """(N, C) float32 logits of the head (cached by ``data``), from finite features."""
+    head_features(data)
+    return data.logits
+
+
+def head_arrays(data) -> tuple[np.ndarray, np.ndarray]:
+    """The head's (W (C, D), b (C,)) as float64, checked finite."""
+    head = data.require_head()
+    w = check_finite(head.weight.astype(np.float64), what="head weights")
+    b = check_finite(np.asarray(head.bias, np.float64)[None], what="head bias")[0]
+    return w, b
+
+
+def chunk_rows(width: int, itemsize: int = 8, budget: int = CHUNK_BYTES) -> int:
+    """How many query rows fit in ``budget`` bytes when each row needs ``width`` items."""
+    return max(1, int(budget // max(1, width * itemsize)))
+
+
+def chunks(n: int, size: int) -> Iterator[slice]:
+    for s in range(0, n, size):
+        yield slice(s, min(n, s + size))
+
+
+def rowwise(fn: Callable[[slice], np.ndarray], n: int, size: int) -> np.ndarray:
+    """Concatenate ``fn(rows)`` over row chunks of ``size`` (a float64 vector of length n)."""
+    out = np.empty(n, np.float64)
+    for rows in chunks(n, size):
+        out[rows] = fn(rows)
+    return out
+
+
+def energy(z: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """T * logsumexp(z / T) along the last axis (negative free energy; higher = more ID)."""
+    return temperature * logsumexp(np.asarray(z, np.float64) / temperature, axis=-1)
+
+
+def known_labels(labels: np.ndarray, who: str) -> np.ndarray:
+    known = np.asarray(labels) >= 0
+    if not known.any():
+        raise OodbenchError(f"{who} needs labelled ID samples to fit; the fit split has none.")
+    return known
+
+
+def class_means(
+    h: np.ndarray, labels: np.ndarray, who: str, min_count: int = 1
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class means of the rows of ``h`` whose label is ≥ 0 (rows labelled -1 are ignored).
+
+    Accumulated in float64 over row chunks (no copy of ``h``). Returns (means (K, D), classes
+    (K,) present, slot (N,) = row's index into ``classes`` or -1). Raises when a class has
+    fewer than ``min_count`` rows.
+    """
+    labels = np.asarray(labels)
+    known = known_labels(labels, who)
+    classes, counts = np.unique(labels[known], return_counts=True)
+    if counts.min() < min_count:
+        c = classes[counts.argmin()]
+        raise OodbenchError(
+            f"{who}: class {c} has {counts.min()} fit sample(s); it needs ≥ {min_count} per class. "
+            "Use a larger train subset."
+        )
+    slot = np.full(labels.shape[0], -1)
+    slot[known] = np.searchsorted(classes, labels[known])
+    sums = np.zeros((classes.size, h.shape[1]), np.float64)
+    for rows in chunks(h.shape[0], chunk_rows(h.shape[1], budget=CHUNK_BYTES // 4)):
+        sel = slot[rows] >= 0
+        n = int(sel.sum())
+        onehot = sp.csr_matrix(
+            (np.ones(n), (slot[rows][sel], np.arange(n))), shape=(classes.size, n)
+        )
+        sums += onehot @ np.asarray(h[rows][sel], np.float64)
+    return sums / counts[:, None], classes, slot
+
+
+def scatter(
+    h: np.ndarray,
+    center: np.ndarray | None = None,
+    means: np.ndarray | None = None,
+    slot: np.ndarray | None = None,
+) -> np.ndarray:
+    """Sum of outer products (h_i - c_i)(h_i - c_i)^T in float64, accumulated in chunks.
+
+    ``center`` (D,) is subtracted from every row; with ``means`` (K, D) and ``slot`` (N,), row i
+    is centred on ``means[slot[i]]`` and rows with slot -1 are skipped. Returns (D, D).
+    """
+    d = h.shape[1]
+    out = np.zeros((d, d), np.float64)
+    for rows in chunks(h.shape[0], chunk_rows(d, budget=CHUNK_BYTES // 4)):
+        x = np.asarray(h[rows], np.float64)
+        if center is not None:
+            x = x - center
+        if slot is not None:
+            sel = slot[rows] >= 0
+            x = x[sel] - means[slot[rows][sel]]
+        out += x.T @ x
+    return out
+
+
+def quad_forms(
+    h: np.ndarray, means: np.ndarray, precision: np.ndarray
+) -> Iterator[tuple[slice, np.ndarray]]:
+    """Yield (rows, (n, K) squared Mahalanobis distances (h - mu_k)^T P (h - mu_k)) by chunks.
+
+    Closed form h^T P h - 2 h^T P mu + mu^T P mu, never forming (N, K, D).
+    """
+    mp = means @ precision
+    quad_mu = np.einsum("kd,kd->k", mp, means)
+    size = chunk_rows(2 * h.shape[1] + 2 * means.shape[0], budget=CHUNK_BYTES // 2)
+    for rows in chunks(h.shape[0], size):
+        x = np.asarray(h[rows], np.float64)
+        xp = x @ precision
+        yield rows, np.einsum("nd,nd->n", xp, x)[:, None] - 2.0 * (x @ mp.T) + quad_mu[None, :]
+
+
+def seeded_subset(n: int, fraction: float, minimum: int, seed: int) -> np.ndarray | None:
+    """Sorted indices of a seeded random subset of round(fraction * n) rows (at least ``minimum``),
+    or None for all rows."""
+    size = min(n, max(minimum, int(round(fraction * n))))
+    if size >= n:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
