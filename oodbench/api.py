@@ -15,12 +15,20 @@ from .config import DEFAULT_BENCHMARK, Catalogue, load_catalogue
 from .console import info
 from .engine import parse_overrides, score_benchmark
 from .errors import OodbenchError
-from .extract import ExtractOptions, extract_dataset, write_model_info, write_text_bank
+from .extract import (
+    ExtractOptions,
+    extract_dataset,
+    write_context_bank,
+    write_model_info,
+    write_negative_banks,
+    write_text_bank,
+)
 from .models import check_device, load_model
 from .paths import default_store
 from .results import ScoreRecord, load_records
 from .scorers import scorer_names
 from .store import Store
+from .text import resolve_templates
 
 SPINE_METHODS = ("msp", "maxlogit", "energy", "mcm", "knn", "mahalanobis", "vim")
 
@@ -33,11 +41,20 @@ def extract(model: str | None = None, pretrained: str | None = None, *, benchmar
             ckpt: str | Path | None = None, ckpt_format: str = "auto", store: str | Path | None = None,
             benchmarks: str | Path | Catalogue | None = None, data_root: str | Path | None = None,
             download: bool = False, datasets: list[str] | None = None, options: ExtractOptions | None = None,
+            negatives: str | None = None, outliers: str | Path | None = None, templates: str | None = None,
+            trust_pickle: bool = False, wise_alpha: float | None = None, wise_base: str | Path | None = None,
             **option_kwargs: Any) -> str:
     """Extract every split of ``benchmark`` (or only ``datasets``) for one model; returns its store key.
 
     ``model``/``pretrained`` default to the benchmark's own model entry. Already complete files
-    are reused; unfinished ones resume.
+    are reused; unfinished ones resume. ``negatives`` (``neglabel``, ``csp`` or ``all``) adds
+    the WordNet negative-label banks; ``outliers`` a file of envisioned outlier labels (EOE);
+    ``templates`` overrides the benchmark's prompt templates of the class bank (a list name,
+    ``file:PATH`` or one template). ``wise_alpha`` mixes the checkpoint with its base
+    (WiSE-FT, θ = (1−α)θ_base + αθ_ckpt; ``wise_base`` names another base checkpoint);
+    ``trust_pickle`` allows checkpoints that are pickled Python objects (runs their code).
+    A CoOp/LoCoOp prompt learner's context becomes the ``classes`` bank (the handcrafted
+    prompts stay available as ``classes_prompts``).
     """
     cat = _catalogue(benchmarks)
     bench = cat.benchmark(benchmark)
@@ -48,15 +65,34 @@ def extract(model: str | None = None, pretrained: str | None = None, *, benchmar
         raise OodbenchError(f"Benchmark {benchmark!r} names no model: pass --model.")
     options = options or ExtractOptions(**option_kwargs)
     options.device = check_device(options.device)
+    from .distributed import dist_info, init_from_env
+
+    options.device = init_from_env(options.device)
+    rank, _ = dist_info()
     names = datasets or bench.splits()
     unknown = [d for d in names if d not in bench.splits()]
     if unknown:
         raise OodbenchError(f"Dataset {unknown[0]!r} is not part of benchmark {benchmark!r}: choose from {', '.join(bench.splits())}.")
     sources = {d: cat.source(d, data_root, download) for d in names}  # validate data before the model
-    bundle = load_model(model, pretrained, ckpt, ckpt_format, device=options.device)
+    bundle = load_model(model, pretrained, ckpt, ckpt_format, device=options.device, trust_pickle=trust_pickle,
+                        wise_alpha=wise_alpha, wise_base=wise_base)
     st = Store(store or default_store())
-    write_model_info(bundle, st)
-    write_text_bank(bundle, st, f"{bench.name}-classes", bench.classes, bench.templates, options.device)
+    if rank == 0:
+        write_model_info(bundle, st)
+        class_templates = resolve_templates(templates) if templates else bench.templates
+        if getattr(bundle, "text_ctx", None) is not None:
+            write_context_bank(bundle, st, f"{bench.name}-classes", bench.classes, options.device)
+            write_text_bank(bundle, st, f"{bench.name}-classes_prompts", bench.classes, class_templates,
+                            options.device)
+        else:
+            write_text_bank(bundle, st, f"{bench.name}-classes", bench.classes, class_templates, options.device)
+        if negatives:
+            write_negative_banks(bundle, st, bench, negatives, options.device)
+        if outliers:
+            from .negatives import load_corpus
+
+            write_text_bank(bundle, st, f"{bench.name}-outliers", load_corpus(str(outliers)), class_templates,
+                            options.device)
     info(f"model {bundle.key} ({bundle.fingerprint[:12]}) -> {st.model_dir(bundle.key)}")
     for d, src in sources.items():
         extract_dataset(bundle, src, st.features_path(bundle.key, d), options, d)
@@ -85,20 +121,62 @@ def resolve_model_key(store: Store, model_key: str | None) -> str:
 def score(methods: list[str] | str = SPINE_METHODS, *, benchmark: str = DEFAULT_BENCHMARK,
           model_key: str | None = None, store: str | Path | None = None, params: list[str] | None = None,
           head: str = "zeroshot", head_templates: str = "ensemble",
-          benchmarks: str | Path | Catalogue | None = None) -> list[ScoreRecord]:
-    """Score the ID test split and every OoD split of ``benchmark`` with each method."""
-    if isinstance(methods, str):
-        methods = scorer_names() if methods == "all" else [m.strip() for m in methods.split(",") if m.strip()]
-    methods = list(dict.fromkeys(m.lower() for m in methods))
+          benchmarks: str | Path | Catalogue | None = None, tune: bool = False,
+          reference: str | None = None) -> list[ScoreRecord]:
+    """Score the ID test split and every OoD split of ``benchmark`` with each method.
+
+    ``tune``: pick free hyperparameters on ID val vs the benchmark's ood_val sets first.
+    ``reference``: model key (prefix ok) of a second model of the same store, normally the
+    zero-shot base, for scorers that read two models (anchored_mcm, ft_conf_zs, disagreement).
+    ``methods="all"``: every registered scorer whose needs the store can meet.
+    """
     cat = _catalogue(benchmarks)
     bench = cat.benchmark(benchmark)
     st = Store(store or default_store())
     key = resolve_model_key(st, model_key)
+    if isinstance(methods, str) and methods == "all":
+        methods = available_methods(st, key, bench, reference is not None)
+    elif isinstance(methods, str):
+        methods = [m.strip() for m in methods.split(",") if m.strip()]
+    methods = list(dict.fromkeys(m.lower() for m in methods))
     bench_params = [p for p in bench.params if p.split(".", 1)[0] in methods]
     overrides = parse_overrides(bench_params + list(params or []), methods)
-    records = score_benchmark(st, key, bench, methods, overrides, head, head_templates)
+    ref_key = resolve_model_key(st, reference) if reference else None
+    records = score_benchmark(st, key, bench, methods, overrides, head, head_templates, tune,
+                              reference_key=ref_key)
     st.write_last_run({"scores": [str(st.scores_path(key, bench.name))]})
     return records
+
+
+def available_methods(st: Store, key: str, bench, with_reference: bool = False) -> list[str]:
+    """Registered scorers whose inputs this store holds (``-m all``); says what it skips."""
+    from .console import info
+    from .engine import load_model_view
+    from .scorers import get_scorer
+    from .store import FeatureFile
+
+    view = load_model_view(st, key, bench)
+    test = FeatureFile(st.features_path(key, bench.id_test)).keys
+    have = {"logits", "head", "features", "embeds", "labels"}
+    if "layers/cls" in test:
+        have.add("layers")
+    if "local_embeds" in test:
+        have.add("local")
+    if "classes" in view.text:
+        have.add("text")
+    if with_reference:
+        have.add("reference")
+    chosen, skipped = [], []
+    for name in scorer_names():
+        cls = get_scorer(name)
+        banks = [p.default for k, p in cls.params.items() if k in ("bank", "id_bank", "outlier_bank")]
+        ok = set(cls.needs) - {"negatives"} <= have and all(
+            b in view.text for bank in banks for b in str(bank).split("+") if b)
+        (chosen if ok else skipped).append(name)
+    if skipped:
+        info(f"-m all: skipping {', '.join(skipped)} (their features or text banks are not in the store: "
+             "extract with --layers/--local/--negatives/--outliers, or pass --reference)")
+    return chosen
 
 
 def load_scores(paths: list[str | Path] | None = None, store: str | Path | None = None) -> list[ScoreRecord]:

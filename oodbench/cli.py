@@ -99,16 +99,31 @@ def extract(
     layers: Annotated[str | None, typer.Option("--layers", help="Per-layer CLS tokens: 'all' or '3,7,11'.")] = None,
     local: Annotated[bool, typer.Option("--local", help="Projected patch embeddings (GL-MCM).")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing feature files.")] = False,
+    negatives: Annotated[str | None, typer.Option("--negatives", help="Negative-label banks (WordNet 3.0): neglabel, csp or all.")] = None,
+    outliers: Annotated[Path | None, typer.Option("--outliers", help="File of envisioned outlier labels (EOE), one per line.")] = None,
+    templates: Annotated[str | None, typer.Option("--templates", help="Class prompt templates: single, openai_imagenet, simple_imagenet, file:PATH.")] = None,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow checkpoints that are pickled Python objects (runs their code).")] = False,
+    wise_alpha: Annotated[list[float] | None, typer.Option("--wise-alpha", help="WiSE-FT mixing with the base; repeat for several alphas (one store entry each).")] = None,
+    wise_base: Annotated[Path | None, typer.Option("--wise-base", help="Base checkpoint for --wise-alpha (default: the pretrained weights).")] = None,
 ) -> None:
-    """Run the network once per dataset split and write the feature store."""
+    """Run the network once per dataset split and write the feature store.
+
+    --ckpt takes a file (or a PEFT LoRA / CoOp folder) in any supported format: open_clip,
+    safetensors, visual_only (CLIPood), wiseft, lpft, flyp, cma, peft_lora, clip_lora, coop.
+    """
     from . import api
 
     if precision not in ("auto", "fp32", "fp16", "bf16") or dtype not in ("float32", "float16"):
         raise OodbenchError("--precision must be auto/fp32/fp16/bf16 and --dtype float32/float16.")
-    key = api.extract(model, pretrained, benchmark=benchmark, ckpt=ckpt, ckpt_format=ckpt_format, store=store,
-                      benchmarks=benchmarks, data_root=data_root, download=download, datasets=dataset,
-                      options=_options(batch_size, workers, device, precision, dtype, layers, local, overwrite))
-    out.print(key)
+    if wise_alpha and ckpt is None:
+        raise OodbenchError("--wise-alpha mixes a fine-tuned --ckpt with its base: pass --ckpt too.")
+    for alpha in wise_alpha or [None]:
+        key = api.extract(model, pretrained, benchmark=benchmark, ckpt=ckpt, ckpt_format=ckpt_format, store=store,
+                          benchmarks=benchmarks, data_root=data_root, download=download, datasets=dataset,
+                          negatives=negatives, outliers=outliers, templates=templates, trust_pickle=trust_pickle,
+                          wise_alpha=alpha, wise_base=wise_base,
+                          options=_options(batch_size, workers, device, precision, dtype, layers, local, overwrite))
+        out.print(key)
 
 
 @app.command()
@@ -120,6 +135,8 @@ def score(
     param: Params = None,
     head: Annotated[str, typer.Option("--head", help="zeroshot or linear (a checkpoint's head).")] = "zeroshot",
     head_templates: Annotated[str, typer.Option("--head-templates", help="Zero-shot head: ensemble, first or an index.")] = "ensemble",
+    tune: Annotated[bool, typer.Option("--tune", help="Choose hyperparameters on ID val vs the benchmark's ood_val sets.")] = False,
+    reference: Annotated[str | None, typer.Option("--reference", help="Model key (prefix ok) of the zero-shot base, for anchored_mcm, ft_conf_zs, disagreement.")] = None,
     store: Store_ = None,
     benchmarks: Benches = None,
     plugin: Plugins = None,
@@ -129,7 +146,8 @@ def score(
 
     _plugins(plugin)
     records = api.score(_methods(method, api.SPINE_METHODS), benchmark=benchmark, model_key=model_key,
-                        store=store, params=param, head=head, head_templates=head_templates, benchmarks=benchmarks)
+                        store=store, params=param, head=head, head_templates=head_templates, benchmarks=benchmarks,
+                        tune=tune, reference=reference)
     out.print(api.report(records))
 
 
@@ -201,6 +219,58 @@ def run(
                       data_root=data_root, download=download, params=param, head=head,
                       options=_options(batch_size, 0, device, "auto", "float32", None, False, False))
     out.print(api.report(records))
+
+
+@app.command("inspect")
+@friendly
+def inspect_cmd(
+    model_key: Annotated[list[str] | None, typer.Option("--model-key", help="Model(s) of the store (prefix ok); repeat or comma-separate. Default: the only one.")] = None,
+    benchmark: Bench = "digits",
+    plot: Annotated[Path | None, typer.Option("--plot", help="Also write inspect_<benchmark>.png/.pdf into this folder.")] = None,
+    fmt: Annotated[Fmt, typer.Option("--format", "-f", help="rich, markdown, csv or json.")] = Fmt.rich,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the table to this file instead of stdout.")] = None,
+    head_templates: Annotated[str, typer.Option("--head-templates", help="Templates of the zero-shot accuracy: ensemble, first or an index.")] = "ensemble",
+    store: Store_ = None,
+    benchmarks: Benches = None,
+) -> None:
+    """Per-layer zero-shot accuracy, MCM AUROC and modality gap of one or more models (extract with --layers)."""
+    from .inspect_model import format_inspect, inspect, save_inspect_plot
+
+    if fmt == Fmt.latex:
+        raise OodbenchError("oodbench inspect writes rich, markdown, csv or json: pass another --format.")
+    keys = [k.strip() for v in model_key or [] for k in v.split(",") if k.strip()] or None
+    df = inspect(keys, benchmark=benchmark, store=store, benchmarks=benchmarks, head_templates=head_templates)
+    table = format_inspect(df, fmt.value)
+    if output:
+        if fmt == Fmt.rich:
+            raise OodbenchError("--output needs a text format: pass --format markdown/csv/json.")
+        output.write_text(table)
+        console.print(f"wrote {output}")
+    else:
+        out.print(table, soft_wrap=True, highlight=False, markup=False) if isinstance(table, str) else out.print(table)
+    for p in save_inspect_plot(df, plot) if plot else []:
+        console.print(f"wrote {p}")
+
+
+@app.command()
+@friendly
+def verify(store: Annotated[Path | None, typer.Argument(help="Store root (default ./oodbench_store).")] = None) -> None:
+    """Check every file: complete, fingerprints consistent, no NaN/inf, shapes as declared."""
+    from rich.table import Table
+
+    from .paths import default_store
+    from .verify import verify_store
+
+    findings = verify_store(store or default_store())
+    t = Table(title="oodbench verify")
+    for c in ("file", "status", "details"):
+        t.add_column(c, overflow="fold")
+    for f in findings:
+        t.add_row(str(f.path), "[green]ok[/]" if f.ok else "[red]problem[/]", f.message)
+    out.print(t)
+    bad = sum(not f.ok for f in findings)
+    if bad:
+        raise OodbenchError(f"{bad} of {len(findings)} store file(s) have problems (see the table).")
 
 
 @app.command()

@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
+from . import __version__, fitcache
 from .config import Benchmark
-from .console import info, progress
+from .console import info, progress, warn
 from .errors import OodbenchError
 from .metrics import accuracy
 from .results import ScoreRecord, save_records
@@ -55,15 +55,10 @@ def load_model_view(store: Store, key: str, benchmark: Benchmark) -> ModelView:
         linear = Head("linear", arrays["heads/linear/weight"], arrays["heads/linear/bias"],
                       attrs.get("linear_head_input") or "embeds")
     text = {}
-    for bank_file, role in ((f"{benchmark.name}-classes", "classes"),):
-        p = store.text_path(key, bank_file)
-        if p.exists():
-            t_arrays, t_attrs = read_h5(p)
-            text[role] = TextBank(list(t_attrs["names"]), list(t_attrs["templates"]), t_arrays["embeds"])
-    for p in sorted((store.model_dir(key) / "text").glob("*.h5")):
-        if not p.stem.endswith("-classes"):
-            t_arrays, t_attrs = read_h5(p)
-            text[p.stem] = TextBank(list(t_attrs["names"]), list(t_attrs["templates"]), t_arrays["embeds"])
+    prefix = f"{benchmark.name}-"
+    for p in sorted((store.model_dir(key) / "text").glob(f"{prefix}*.h5")):
+        t_arrays, t_attrs = read_h5(p)
+        text[p.stem[len(prefix):]] = TextBank(list(t_attrs["names"]), list(t_attrs["templates"]), t_arrays["embeds"])
     return ModelView(key, attrs, visual, linear, text)
 
 
@@ -84,6 +79,28 @@ def make_head(view: ModelView, name: str, templates: str = "ensemble") -> Head:
     raise OodbenchError(f"Unknown head {name!r}: use zeroshot or linear.")
 
 
+class StoreColumn:
+    """Loader of one dataset of a feature file: ``loader()`` reads it whole; ``iter_chunks(rows)``
+    and ``part(index)`` read row blocks / a slice, so that big train splits are converted
+    (e.g. L2-normalised) block by block without a second full-size copy."""
+
+    def __init__(self, ff: FeatureFile, name: str):
+        self.ff, self.name = ff, name
+        self.shape = tuple(ff.shapes[name])
+
+    def __call__(self) -> np.ndarray:
+        return self.ff.load(self.name)
+
+    def iter_chunks(self, rows: int = 65536):
+        return self.ff.iter_chunks(self.name, rows)
+
+    def part(self, index) -> np.ndarray:
+        import h5py
+
+        with h5py.File(self.ff.path, "r") as f:
+            return f[self.name][index]
+
+
 def load_inputs(store: Store, view: ModelView, dataset: str, head: Head, split: str) -> Inputs:
     """A lazy Inputs view of one feature file, checked against the model's fingerprint."""
     ff = FeatureFile(store.features_path(view.key, dataset))
@@ -93,10 +110,36 @@ def load_inputs(store: Store, view: ModelView, dataset: str, head: Head, split: 
             f"{ff.path} was extracted with model fingerprint {str(fp)[:12]} but the model in "
             f"{view.key} is {view.fingerprint[:12]}: re-extract it with the same model (oodbench extract --overwrite)."
         )
-    loaders = {k: (lambda k=k: ff.load(k)) for k in FEATURE_KEYS if k in ff.keys}
+    loaders = {k: StoreColumn(ff, k) for k in FEATURE_KEYS if k in ff.keys}
     extra = {"layer_indices": ff.attrs.get("layer_indices") or [], "file": str(ff.path), "dataset": dataset,
              "sample_fingerprint": ff.attrs.get("sample_fingerprint")}
     return Inputs(split, loaders, head, view.text, view.visual, extra)
+
+
+def attach_reference(store: Store, ref_view: ModelView, views: dict[str, Inputs],
+                     head_templates: str = "ensemble") -> None:
+    """Give every Inputs in ``views`` (dataset -> Inputs) ``extra["reference"]``: the same dataset
+    as extracted by the reference model, with that model's zero-shot head.
+
+    Refuses a reference that lacks a dataset or whose file holds another sample list (checked
+    with the files' ``sample_fingerprint``), so that row i is the same image in both.
+    """
+    ref_head = make_head(ref_view, "zeroshot", head_templates)
+    for d, x in views.items():
+        if not store.features_path(ref_view.key, d).exists():
+            raise OodbenchError(
+                f"The reference model {ref_view.key} has no features for {d!r}: extract it with the "
+                f"reference checkpoint too (oodbench extract --dataset {d} ...)."
+            )
+        ref = load_inputs(store, ref_view, d, ref_head, x.split)
+        mine, theirs = x.extra.get("sample_fingerprint"), ref.extra.get("sample_fingerprint")
+        if not mine or mine != theirs:
+            raise OodbenchError(
+                f"{d}: the reference model {ref_view.key} was extracted from another sample list "
+                f"(sample fingerprint {str(theirs)[:12]} vs {str(mine)[:12]}): re-extract both models "
+                "from the same data (same benchmark file, data root and readable images)."
+            )
+        x.extra["reference"] = ref
 
 
 def check_finite(x: np.ndarray, ids: np.ndarray, what: str) -> None:
@@ -129,26 +172,98 @@ def parse_overrides(pairs: list[str], methods: list[str]) -> dict[str, dict[str,
     return out
 
 
+def tune_scorer(scorer, fixed: dict[str, Any], fit_inputs, id_val: Inputs, ood_val: dict[str, Inputs],
+                max_trials: int = 64) -> tuple[Any, dict[str, Any]]:
+    """Grid search over ``scorer.search_space`` (minus user-fixed parameters) on validation data.
+
+    Objective: mean AUROC of ID-val vs each OoD-val set (OpenOOD's APS idea). Test OoD sets are
+    never seen. Returns the fitted best scorer and a record of every trial.
+    """
+    import itertools
+
+    from .metrics import auroc
+
+    space = {k: v for k, v in scorer.search_space.items() if k not in fixed}
+    if not space:
+        return scorer, {"tuned": False, "reason": "no free parameter to tune"}
+    grid = list(itertools.product(*space.values()))[:max_trials]
+    trials, best, best_value = [], None, -np.inf
+    for values in grid:
+        params = {**fixed, **dict(zip(space, values, strict=True))}
+        cand = make_scorer(scorer.name, **params)
+        try:
+            if cand.fit_split:
+                cand.fit(fit_inputs)
+            ids = cand.score(id_val)
+            value = float(np.mean([auroc(ids, cand.score(x)) for x in ood_val.values()]))
+        except OodbenchError as exc:  # e.g. k larger than the bank: skip that point
+            trials.append({"params": dict(zip(space, values, strict=True)), "error": str(exc)})
+            continue
+        trials.append({"params": dict(zip(space, values, strict=True)), "val_auroc": round(value, 6)})
+        if value > best_value:
+            best, best_value = cand, value
+    if best is None:
+        raise OodbenchError(f"--tune: every setting of {scorer.name} failed on the validation data.")
+    return best, {"tuned": True, "objective": "mean AUROC(ID val vs OoD val)", "ood_val": list(ood_val),
+                  "chosen": {k: best.hparams[k] for k in space}, "best_val_auroc": round(best_value, 6),
+                  "trials": trials}
+
+
 def score_benchmark(store: Store, key: str, benchmark: Benchmark, methods: list[str],
                     overrides: dict[str, dict[str, Any]] | None = None, head: str = "zeroshot",
-                    head_templates: str = "ensemble") -> list[ScoreRecord]:
-    """Fit each method on its declared ID split, score ID test and every OoD split, save."""
+                    head_templates: str = "ensemble", tune: bool = False,
+                    reference_key: str | None = None) -> list[ScoreRecord]:
+    """Fit each method on its declared ID split, score ID test and every OoD split, save.
+
+    With ``tune``, each method's free hyperparameters are chosen on the ID val split vs the
+    benchmark's ``ood_val`` sets first (see :func:`tune_scorer`).
+
+    ``reference_key``: a second model of the same store (typically the zero-shot base of a
+    fine-tuned ``key``). Scorers whose ``needs`` contain ``"reference"`` then find, in
+    ``inputs.extra["reference"]``, an :class:`Inputs` of the same dataset from that model
+    (zero-shot head); both feature files must hold the same sample list.
+    """
     overrides = overrides or {}
     scorers = [make_scorer(m, **overrides.get(m, {})) for m in methods]  # validate before any work
+    needs_ref = [s.name for s in scorers if "reference" in s.needs]
+    if needs_ref and not reference_key:
+        have = ", ".join(k for k in store.model_keys() if k != key) or "none"
+        raise OodbenchError(
+            f"{', '.join(needs_ref)} compare(s) two checkpoints: pass the model key of the reference "
+            f"(zero-shot base) model with --reference KEY (other models in the store: {have})."
+        )
+    if reference_key and not needs_ref:
+        warn(f"--reference {reference_key} is ignored: none of {', '.join(methods)} reads a reference model.")
+        reference_key = None
     view = load_model_view(store, key, benchmark)
     h = make_head(view, head, head_templates)
     splits = {"train": benchmark.id_train, "val": benchmark.id_val, "test": benchmark.id_test}
     inputs = {d: load_inputs(store, view, d, h, s) for s, d in splits.items() if d}
     ood = {d: load_inputs(store, view, d, h, "ood") for d in benchmark.ood}
     test = inputs[benchmark.id_test]
+    ood_val = {}
+    if tune:
+        if not benchmark.id_val or not benchmark.ood_val:
+            raise OodbenchError(
+                f"--tune needs an ID val split and ood_val sets; benchmark {benchmark.name!r} lacks "
+                f"{'id.val' if not benchmark.id_val else 'ood_val'}."
+            )
+        ood_val = {d: load_inputs(store, view, d, h, "ood_val") for d in benchmark.ood_val}
+    ref_view = None
+    if reference_key:
+        ref_view = load_model_view(store, reference_key, benchmark)
+        attach_reference(store, ref_view, {**inputs, **ood, **ood_val}, head_templates)
     acc = accuracy(test.logits, test.labels) if len(benchmark.classes) == h.num_classes else float("nan")
     correct = test.logits.argmax(1) == test.labels
+    model_id = {"fingerprint": view.fingerprint, "file": fitcache.file_identity(store.model_path(key), view.attrs)}
     records = []
     with progress("method") as bar:
         task = bar.add_task("score", total=len(scorers), rate="")
-        for scorer in scorers:
+        for i in range(len(scorers)):
+            scorer, scorers[i] = scorers[i], None  # a scorer's fitted state is freed once it has scored
             t0 = time.time()
             bar.update(task, rate=scorer.name)
+            fit_inputs = None
             if scorer.fit_split:
                 d = splits.get(scorer.fit_split)
                 if not d:
@@ -156,7 +271,15 @@ def score_benchmark(store: Store, key: str, benchmark: Benchmark, methods: list[
                         f"{scorer.name} fits on the ID {scorer.fit_split} split, which benchmark "
                         f"{benchmark.name!r} does not define: add id.{scorer.fit_split} to it."
                     )
-                scorer.fit(inputs[d])
+                fit_inputs = inputs[d]
+            tuning: dict[str, Any] = {}
+            fit_info: dict[str, Any] = {}
+            if tune and scorer.search_space:
+                scorer, tuning = tune_scorer(scorer, overrides.get(scorer.name, {}), fit_inputs,
+                                             inputs[benchmark.id_val], ood_val)
+            elif fit_inputs is not None:
+                fit_info = fitcache.fit(scorer, fit_inputs, store.scores_path(key, benchmark.name), model_id)
+            t_score = time.time()
             id_scores = np.asarray(scorer.score(test), np.float64)
             check_finite(id_scores, test.ids, f"{scorer.name} on {benchmark.id_test}")
             ood_scores = {}
@@ -168,9 +291,18 @@ def score_benchmark(store: Store, key: str, benchmark: Benchmark, methods: list[
                 benchmark=benchmark.name, method=scorer.name, params=dict(scorer.hparams), head=h.name,
                 id_scores=id_scores, ood_scores=ood_scores, groups=dict(benchmark.ood), accuracy=acc,
                 id_correct=correct,
-                provenance={"store": str(store.root), "overrides": overrides.get(scorer.name, {}),
+                provenance={"store": str(store.root),
+                            "overrides": {**overrides.get(scorer.name, {}), **tuning.get("chosen", {})},
                             "oodbench_version": __version__, "seconds": round(time.time() - t0, 3),
+                            "score_seconds": round(time.time() - t_score, 3), **fit_info,
                             "head_templates": head_templates, "reference": scorer.reference,
+                            "tuning": tuning,
+                            **({"wise_alpha": view.attrs["info"]["wise_alpha"]}
+                               if isinstance(view.attrs.get("info"), dict)
+                               and view.attrs["info"].get("wise_alpha") is not None else {}),
+                            **({"reference_model": {"model_key": ref_view.key, "fingerprint": ref_view.fingerprint,
+                                                    "model": ref_view.attrs.get("label", ref_view.key)}}
+                               if ref_view is not None and "reference" in scorer.needs else {}),
                             "feature_files": {d: x.extra["file"] for d, x in {**inputs, **ood}.items()}},
             ))
             bar.update(task, advance=1)

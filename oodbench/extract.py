@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 
 from .console import info, progress, warn
 from .errors import OodbenchError
-from .store import FeatureFile, FeatureWriter, Store, exclusive, write_h5_atomic
+from .store import STR, FeatureFile, FeatureWriter, Store, exclusive, write_h5_atomic
 from .text import encode_text_bank
 
 DTYPES = {"float32": np.float32, "float16": np.float16}
@@ -55,15 +56,26 @@ class VisualFeatures(torch.nn.Module):
 
     def __init__(self, visual: torch.nn.Module, layers: list[int] | None, local: bool):
         super().__init__()
-        if not hasattr(visual, "transformer") or not hasattr(visual, "_pool"):
-            raise OodbenchError(
-                f"Vision tower {type(visual).__name__} is not an open_clip VisionTransformer: "
-                "this extractor supports ViT towers (ResNet towers: see the README's architecture table)."
-            )
         self.visual = visual
         self.layers = layers or []
         self.local = local
         self.batch_first = getattr(visual.transformer, "batch_first", True)
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.visual.transformer.resblocks)
+
+    def layout(self, dtype) -> dict[str, tuple[tuple[int, ...], Any]]:
+        """Per-sample shapes and storage dtypes of everything ``forward`` returns."""
+        v = self.visual
+        width = v.transformer.width
+        embed_dim = v.proj.shape[1] if v.proj is not None else width
+        out = {"image_embeds": ((embed_dim,), dtype), "penultimate": ((width,), dtype)}
+        if self.layers:
+            out["layers/cls"] = ((len(self.layers), width), dtype)
+        if self.local:
+            out["local_embeds"] = ((int(np.prod(v.grid_size)), embed_dim), np.float16)
+        return out
 
     def _block_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
         blocks = self.visual.transformer.resblocks
@@ -103,6 +115,59 @@ class VisualFeatures(torch.nn.Module):
         if self.local:
             out["local_embeds"] = self._local(last_in).float()
         return out
+
+
+class ResNetFeatures(torch.nn.Module):
+    """Wraps an open_clip ``ModifiedResNet`` (RN50, RN101, ...).
+
+    ``penultimate`` is the attention-pool input, average-pooled over space (N, C4);
+    ``layers/stageK`` (K = 1..4, with --layers) are the globally average-pooled outputs of
+    each residual stage. There is no CLS token, ``ln_post`` or local value path.
+    """
+
+    def __init__(self, visual: torch.nn.Module, layers: list[int] | None, local: bool):
+        super().__init__()
+        if local:
+            raise OodbenchError("--local needs a ViT tower: ResNet towers have no patch tokens of the joint space.")
+        self.visual = visual
+        self.layers = layers or []
+
+    n_blocks = 4
+
+    def layout(self, dtype) -> dict[str, tuple[tuple[int, ...], Any]]:
+        v = self.visual
+        widths = [getattr(v, f"layer{k + 1}")[-1].conv3.out_channels for k in range(4)]
+        out = {"image_embeds": ((v.output_dim,), dtype), "penultimate": ((widths[-1],), dtype)}
+        for k in self.layers:
+            out[f"layers/stage{k}"] = ((widths[k],), dtype)
+        return out
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        v = self.visual
+        x = v.stem(images.to(v.conv1.weight.dtype))
+        out: dict[str, torch.Tensor] = {}
+        for k in range(4):
+            x = getattr(v, f"layer{k + 1}")(x)
+            if k in self.layers:
+                out[f"layers/stage{k}"] = x.float().mean((2, 3))
+        out["penultimate"] = x.float().mean((2, 3))
+        out["image_embeds"] = v.attnpool(x).float()
+        return out
+
+
+def feature_net(visual: torch.nn.Module, layers: str | None, local: bool) -> torch.nn.Module:
+    """The feature module for a vision tower (ViT or ModifiedResNet), or a clear refusal."""
+    if hasattr(visual, "transformer") and hasattr(visual, "_pool"):
+        cls = VisualFeatures
+        n = len(visual.transformer.resblocks)
+    elif hasattr(visual, "attnpool") and hasattr(visual, "layer4"):
+        cls, n = ResNetFeatures, 4
+    else:
+        raise OodbenchError(
+            f"Vision tower {type(visual).__name__} is not supported (ViT and ModifiedResNet are): "
+            "see the README's architecture table."
+        )
+    return cls(visual, parse_layers(layers, n), local).eval()
 
 
 def parse_layers(spec: str | None, n_blocks: int) -> list[int]:
@@ -146,13 +211,15 @@ def _image_size(visual) -> int:
 
 
 def extract_dataset(bundle, source, path: Path, options: ExtractOptions, dataset: str) -> Path:
-    """Extract one dataset split into ``path`` (resuming a partial file); returns the path."""
-    visual = bundle.model.visual
-    n_blocks = len(visual.transformer.resblocks) if hasattr(visual, "transformer") else 0
-    layers = parse_layers(options.layers, n_blocks)
-    net = VisualFeatures(visual, layers, options.local).eval()
-    sample_fp = source.fingerprint()
-    identity = {"model_fingerprint": bundle.fingerprint, "sample_fingerprint": sample_fp,
+    """Extract one dataset split into ``path`` (resuming a partial file); returns the path.
+
+    Under ``torchrun`` (WORLD_SIZE > 1) each rank extracts a contiguous shard into its own
+    resumable file; rank 0 then merges the shards, in order, into ``path``.
+    """
+    from .distributed import barrier, dist_info, merge_shards, shard_path, shard_source
+
+    net = feature_net(bundle.model.visual, options.layers, options.local)
+    identity = {"model_fingerprint": bundle.fingerprint, "sample_fingerprint": source.fingerprint(),
                 **{f"opt_{k}": v for k, v in options.identity().items()}}
     if path.exists() and not options.overwrite:
         done = FeatureFile(path).attrs
@@ -163,34 +230,70 @@ def extract_dataset(bundle, source, path: Path, options: ExtractOptions, dataset
             f"{path} exists but was extracted with other data or options (sample list or --layers/--local/"
             "--dtype differ): pass --overwrite to replace it."
         )
-    width = visual.transformer.width if hasattr(visual.transformer, "width") else visual.proj.shape[0]
-    embed_dim = visual.proj.shape[1] if visual.proj is not None else width
-    dt = DTYPES[options.dtype]
-    layout = {"image_embeds": ((embed_dim,), dt), "penultimate": ((width,), dt),
-              "labels": ((), np.int64), "ids": ((), np.dtype("O"))}
-    if layers:
-        layout["layers/cls"] = ((len(layers), width), dt)
-    if options.local:
-        grid = visual.grid_size if hasattr(visual, "grid_size") else (0, 0)
-        layout["local_embeds"] = ((int(np.prod(grid)), embed_dim), np.float16)
-    from .store import STR
-
-    layout = {k: (s, STR if d == np.dtype("O") else d) for k, (s, d) in layout.items()}
+    layout = {**net.layout(DTYPES[options.dtype]), "labels": ((), np.int64), "ids": ((), STR)}
     attrs = {
         "kind": "features", "dataset": dataset, "source": source.describe(),
         "model_name": bundle.name, "pretrained": bundle.pretrained, "ckpt": bundle.ckpt,
-        "model_key": bundle.key, "layer_indices": layers, "preprocess": repr(bundle.preprocess),
-        "options": asdict(options), "torch_version": torch.__version__,
+        "model_key": bundle.key, "layer_indices": net.layers, "preprocess": repr(bundle.preprocess),
+        "options": asdict(options), "torch_version": torch.__version__, "architecture": type(net.visual).__name__,
     }
-    writer = FeatureWriter(path, layout, identity, attrs, total=len(source),
-                           chunk_rows=max(options.batch_size, 64))
-    with exclusive(path):
-        writer.open()
-        try:
-            _run(net, source, bundle.preprocess, writer, options, dataset, _image_size(visual))
-            return writer.finalize()
-        finally:
-            writer.close()
+    rank, world = dist_info()
+    target, part = path, source
+    if world > 1:
+        target, part = shard_path(path, rank, world), shard_source(source, rank, world)
+        identity = {**identity, "shard": f"{rank}/{world}"}
+    if not (target.exists() and FeatureFile(target).attrs.get("shard") == identity.get("shard")):
+        writer = FeatureWriter(target, layout, identity, attrs, total=len(part),
+                               chunk_rows=max(options.batch_size, 64))
+        with exclusive(target):
+            writer.open()
+            try:
+                _run(net, part, bundle.preprocess, writer, options, dataset, _image_size(net.visual))
+                writer.finalize()
+            finally:
+                writer.close()
+    if world > 1:
+        barrier()
+        if rank == 0:
+            merge_shards([shard_path(path, r, world) for r in range(world)], path,
+                         {**attrs, **{k: v for k, v in identity.items() if k != "shard"}})
+        barrier()
+    return path
+
+
+class _BackgroundWriter:
+    """Feeds FeatureWriter.append from a bounded queue on a thread; re-raises its errors."""
+
+    def __init__(self, writer: FeatureWriter, depth: int = 4):
+        import queue
+        import threading
+
+        self.writer, self.q = writer, queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while (item := self.q.get()) is not None:
+            if self.error is None:
+                try:
+                    self.writer.append(item[0], n_processed=item[1], skipped=item[2])
+                except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+                    self.error = exc
+
+    def put(self, arrays: dict, n_processed: int, skipped: list[str]) -> None:
+        if self.error is not None:
+            raise self.error
+        self.q.put((arrays, n_processed, skipped))
+
+    def __enter__(self) -> _BackgroundWriter:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.q.put(None)
+        self.thread.join()
+        if self.error is not None and exc[0] is None:
+            raise self.error
 
 
 def _run(net, source, preprocess, writer: FeatureWriter, options: ExtractOptions, dataset: str,
@@ -207,9 +310,10 @@ def _run(net, source, preprocess, writer: FeatureWriter, options: ExtractOptions
         shuffle=False,
     )
     amp = options.autocast_dtype()
+    store_dtype = torch.float16 if options.dtype == "float16" else torch.float32
     skipped_total = 0
     t0, done = time.time(), 0
-    with progress() as bar:
+    with progress() as bar, _BackgroundWriter(writer) as bg:
         task = bar.add_task(f"extract {dataset}", total=len(source), completed=start, rate="")
         for images, idx, ok in loader:
             images = images.to(device, non_blocking=True)
@@ -218,12 +322,15 @@ def _run(net, source, preprocess, writer: FeatureWriter, options: ExtractOptions
                 feats = net(images)
             keep = ok.numpy()
             rows = idx.numpy()[keep]
-            arrays = {k: v[torch.as_tensor(keep, device=v.device)].cpu().numpy() for k, v in feats.items()}
+            sel = torch.as_tensor(keep, device=images.device)
+            # cast on the device before the copy: half the bytes over PCIe for float16 storage
+            arrays = {k: v[sel].to(torch.float16 if k == "local_embeds" else store_dtype).cpu().numpy()
+                      for k, v in feats.items()}
             arrays["labels"] = labels[rows]
             arrays["ids"] = np.array([ids[i] for i in rows], dtype=object)
             skipped = [ids[i] for i in idx.numpy()[~keep]]
             skipped_total += len(skipped)
-            writer.append(arrays, n_processed=int(idx[-1]) + 1, skipped=skipped)
+            bg.put(arrays, int(idx[-1]) + 1, skipped)  # HDF5 writes overlap the next forward pass
             done += len(idx)
             rate = done / max(time.time() - t0, 1e-9)
             bar.update(task, advance=len(idx), rate=f"{rate:,.0f} img/s")
@@ -259,16 +366,76 @@ def write_model_info(bundle, store: Store) -> Path:
 
 
 def write_text_bank(bundle, store: Store, bank: str, names: list[str], templates: list[str],
-                    device: str = "cpu") -> Path:
-    """text/<bank>.h5: (T, C, D) embeddings of every template x name; reused when unchanged."""
+                    device: str = "cpu", reduce: bool = False) -> Path:
+    """text/<bank>.h5: (T, C, D) embeddings of every template x name; reused when unchanged.
+
+    ``reduce``: store only the template ensemble (normalised mean, T = 1) to save space for
+    large banks embedded under many prompts (CSP's); ``templates`` then records all prompts.
+    """
     path = store.text_path(bundle.key, bank)
+    stored_templates = [f"ensemble of {len(templates)}: " + " | ".join(templates)] if reduce else list(templates)
     if path.exists():
         from .store import read_h5
 
         _, attrs = read_h5(path)
-        if attrs.get("names") == list(names) and attrs.get("templates") == list(templates):
+        if attrs.get("names") == list(names) and attrs.get("templates") == stored_templates:
             return path
     emb = encode_text_bank(bundle.model, bundle.tokenizer, names, templates, device=device)
+    if reduce:
+        emb = emb / np.linalg.norm(emb, axis=-1, keepdims=True)
+        emb = emb.mean(0, keepdims=True)
     write_h5_atomic(path, {"embeds": emb}, {"kind": "text", "bank": bank, "names": list(names),
-                                            "templates": list(templates), "fingerprint": bundle.fingerprint})
+                                            "templates": stored_templates, "fingerprint": bundle.fingerprint})
     return path
+
+
+def write_context_bank(bundle, store: Store, bank: str, names: list[str], device: str = "cpu") -> Path:
+    """A class bank from a CoOp/LoCoOp learned prompt context (T = 1: the learned prompt)."""
+    from .models.prompts import encode_with_context
+
+    ctx = bundle.text_ctx
+    with torch.no_grad():
+        emb = encode_with_context(bundle.model, bundle.tokenizer, list(names), ctx.to(device))
+    emb = emb.float().cpu().numpy()[None]
+    path = store.text_path(bundle.key, bank)
+    template = f"learned context (n_ctx={ctx.shape[-2]}) {{}}."
+    write_h5_atomic(path, {"embeds": emb}, {"kind": "text", "bank": bank, "names": list(names),
+                                            "templates": [template], "fingerprint": bundle.fingerprint,
+                                            "learned_context": True})
+    return path
+
+
+NEGATIVE_SETS = ("neglabel", "csp", "all")
+
+
+def write_negative_banks(bundle, store: Store, benchmark, which: str, device: str = "cpu") -> list[Path]:
+    """Text banks of NegLabel (``neglabel``) and/or CSP (``csp``) from the bundled WordNet 3.0 corpus.
+
+    neglabel: ``classes_neglabel`` (ID labels, 'the nice {}'), ``negatives`` (nouns),
+    ``negatives_adj`` (adjectives, 'This is a {} photo'); csp: ``classes_csp`` and
+    ``negatives_csp_nouns`` (8 noun prompts, ensembled), ``negatives_csp`` (conjugated adjectives,
+    4 prompts, ensembled). Candidates equal to an ID class name are removed.
+    """
+    from . import negatives as ng
+
+    if which not in NEGATIVE_SETS:
+        raise OodbenchError(f"--negatives must be one of {', '.join(NEGATIVE_SETS)}; got {which!r}.")
+    b, out = benchmark.name, []
+
+    def bank(role, names, templates, reduce=False):
+        out.append(write_text_bank(bundle, store, f"{b}-{role}", names, list(templates), device, reduce))
+
+    classes = list(benchmark.classes)
+    if which in ("neglabel", "all"):
+        bank("classes_neglabel", classes, ng.NEGLABEL_NOUN_TEMPLATES)
+        bank("negatives", ng.remove_id_overlap(ng.load_corpus("wordnet-nouns"), classes), ng.NEGLABEL_NOUN_TEMPLATES)
+        bank("negatives_adj", ng.remove_id_overlap(ng.load_corpus("wordnet-adjectives"), classes),
+             ng.NEGLABEL_ADJECTIVE_TEMPLATES)
+    if which in ("csp", "all"):
+        excl = ng.CSP_EXCLUDED_LEXNAMES
+        bank("classes_csp", classes, ng.CSP_NOUN_TEMPLATES, reduce=True)
+        nouns = ng.remove_id_overlap(ng.load_corpus("wordnet-nouns", exclude_lexnames=excl), classes)
+        bank("negatives_csp_nouns", nouns, ng.CSP_NOUN_TEMPLATES, reduce=True)
+        adjs = ng.load_corpus("wordnet-adjectives", exclude_lexnames=excl)
+        bank("negatives_csp", ng.conjugate(adjs), ng.CSP_ADJECTIVE_TEMPLATES, reduce=True)
+    return out

@@ -87,3 +87,41 @@ def test_score_param_override_and_errors(digits_store):
     assert res.exit_code == 1 and "must be an int ≥ 1. Got '0' instead" in res.output
     res = runner.invoke(app, ["score", "--store", str(st), "-b", "digitz"])
     assert res.exit_code == 1 and "Unknown benchmark 'digitz'" in res.output
+
+
+def test_tune_picks_on_validation_only(digits_store):
+    recs = api.score(["knn", "energy"], store=digits_store["store"], tune=True, params=["energy.temperature=1"])
+    knn, energy = recs
+    t = knn.provenance["tuning"]
+    assert t["tuned"] and t["ood_val"] == ["digits-5to9-val", "textures-synth-val"]
+    assert knn.params["k"] == t["chosen"]["k"] and len(t["trials"]) == len(knn_space())
+    best = max((x for x in t["trials"] if "val_auroc" in x), key=lambda x: x["val_auroc"])
+    assert best["params"]["k"] == knn.params["k"]
+    assert energy.provenance["tuning"] == {"tuned": False, "reason": "no free parameter to tune"}
+
+
+def knn_space():
+    from oodbench.scorers import get_scorer
+
+    return get_scorer("knn").search_space["k"]
+
+
+def test_score_all_skips_what_the_store_cannot_feed(digits_store, tmp_path):
+    import shutil
+
+    store = tmp_path / "s"
+    shutil.copytree(digits_store["store"], store)
+    res = runner.invoke(app, ["score", "--store", str(store), "-m", "all"])
+    assert res.exit_code == 0, res.output
+    assert "skipping" in res.output and "neglabel" in res.output and "anchored_mcm" in res.output
+    from oodbench.api import load_scores
+
+    methods = {r.method for r in load_scores(store=store)}
+    assert {"vim", "glmcm", "layer_mcm", "react", "openmax", "text_residual"} <= methods
+    assert "neglabel" not in methods
+
+
+def test_cli_inspect(digits_store):
+    res = runner.invoke(app, ["inspect", "--store", str(digits_store["store"]), "-f", "markdown"])
+    assert res.exit_code == 0, res.output
+    assert "layer:0" in res.output and "embeds" in res.output

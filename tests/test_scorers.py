@@ -14,15 +14,17 @@ from sklearn.covariance import EmpiricalCovariance
 from threadpoolctl import threadpool_limits
 
 from oodbench.errors import OodbenchError
-from oodbench.scorers import Head, Inputs, TextBank, make_scorer, scorer_names
+from oodbench.scorers import Head, Inputs, TextBank, VisualParams, make_scorer, scorer_names
 from oodbench.scorers.classwise import fit_weibull, weibull_cdf
+from oodbench.scorers.clip import mine_negatives
 from oodbench.scorers.common import check_finite
 from oodbench.scorers.inputs import l2_normalize
+from oodbench.scorers.logit import fit_temperature
 
 C, WIDTH, DIM, PATCHES = 6, 288, 64, 5
 
 
-def _split(rng, split, n_id, n_ood, mu, proj, head, text):
+def _split(rng, split, n_id, n_ood, mu, proj, head, text, visual=None):
     y = rng.integers(0, C, n_id)
     y[: 2 * C] = np.repeat(np.arange(C), 2)  # every class present
     pen = np.concatenate(
@@ -44,7 +46,7 @@ def _split(rng, split, n_id, n_ood, mu, proj, head, text):
             )
         },
     )
-    return Inputs.from_arrays(split, head=head, text=text, **arrays)
+    return Inputs.from_arrays(split, head=head, text=text, visual=visual, **arrays)
 
 
 def make_world(seed: int = 0) -> dict[str, Inputs]:
@@ -72,17 +74,33 @@ def make_world(seed: int = 0) -> dict[str, Inputs]:
             ["{} object", "{} scene"],
             rng.normal(size=(2, 300, DIM)).astype(np.float32),
         ),
+        "negatives_adj": TextBank(
+            [f"j{i}" for i in range(200)],
+            ["This is a {} photo"],
+            rng.normal(size=(1, 200, DIM)).astype(np.float32),
+        ),
         "outliers": TextBank(
             [f"o{i}" for i in range(20)],
             ["a photo of a {}."],
             rng.normal(size=(1, 20, DIM)).astype(np.float32),
         ),
     }
-    return {
-        "train": _split(rng, "train", 600, 0, mu, proj, head, text),
-        "val": _split(rng, "val", 120, 0, mu, proj, head, text),
-        "test": _split(rng, "test", 40, 20, mu, proj, head, text),
+    # the ID-label banks of NegLabel ("the nice {}") and CSP (8 noun prompts), and CSP's nouns
+    text["classes_neglabel"] = text["classes"]
+    text["classes_csp"] = text["classes"]
+    text["negatives_csp_nouns"] = text["negatives"]
+    vrng = np.random.default_rng(seed + 1000)
+    visual = VisualParams(proj=proj.astype(np.float32), ln_post_weight=np.ones(WIDTH, np.float32),
+                          ln_post_bias=0.1 * vrng.normal(size=WIDTH).astype(np.float32))
+    world = {
+        "train": _split(rng, "train", 600, 0, mu, proj, head, text, visual),
+        "val": _split(rng, "val", 120, 0, mu, proj, head, text, visual),
+        "test": _split(rng, "test", 40, 20, mu, proj, head, text, visual),
     }
+    for split, inputs in world.items():
+        n_id = int((inputs.labels >= 0).sum())
+        inputs.extra["reference"] = _split(vrng, split, n_id, len(inputs) - n_id, mu, proj, head, text, visual)
+    return world
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -193,6 +211,14 @@ def test_tempscale_minimises_nll(world):
     np.testing.assert_allclose(
         scorer.score(world["test"]), softmax(_z(world) / t, axis=1).max(1), rtol=1e-5
     )
+
+
+def test_tempscale_on_separable_val_warns():
+    z = np.array([[5.0, 0.0], [0.0, 5.0], [4.0, 1.0]])
+    t, bracketed = fit_temperature(z, np.array([0, 1, 0]))
+    assert not bracketed and t < 0.1
+    t, bracketed = fit_temperature(z, np.array([0, 1, 1]))
+    assert bracketed and 0.1 < t < 100
 
 
 def test_klm_by_loop(world):
@@ -461,6 +487,7 @@ def _toy(ratio=0.5, **params):
     data = Inputs.from_arrays(
         "test", text={"classes": classes, "negatives": negs}, labels=np.array([-1]), image_embeds=x
     )
+    params = {"bank": "negatives", "id_bank": "classes", **params}
     score = make_scorer("neglabel", ratio=ratio, temperature=0.5, **params).score(data)[0]
     return score, l2_normalize(x[0].astype(np.float64)), l2_normalize(cand)
 
@@ -486,17 +513,23 @@ def test_neglabel_grouping_drops_remainder_and_is_seeded(world):
         run("neglabel", world, ngroup=1), run("neglabel", world, ngroup=1, seed=5)
     )
     with pytest.raises(
-        OodbenchError, match="'ngroup' parameter is 500 but only 150 negative labels"
+        OodbenchError, match="'ngroup' parameter is 500 but only 180 negative labels"
     ):
         run("neglabel", world, ngroup=500)
 
 
 def test_csp_pools_both_banks(world):
-    scorer = make_scorer("csp")
-    pos = world["test"].text_bank("classes").name_embeds("first")
-    assert scorer.negatives(world["test"], pos).shape[0] == 150 + 45
+    scorer = make_scorer("csp", templates="first")
+    pos = world["test"].text_bank("classes_csp").name_embeds("first")
+    neg = scorer.negatives(world["test"], pos)
+    assert neg.shape[0] == 150 + 45
+    csp = world["test"].text_bank("negatives_csp")
+    kept = mine_negatives(csp.name_embeds("ensemble"), pos, 0.15, 95.0)
+    np.testing.assert_allclose(neg[150:], csp.name_embeds("ensemble")[kept])
     np.testing.assert_allclose(
-        make_scorer("csp", bank="negatives").score(world["test"]), run("neglabel", world)
+        make_scorer("csp", bank="negatives", id_bank="classes_neglabel", templates="first",
+                    neg_templates="first").score(world["test"]),
+        run("neglabel", world, bank="negatives"),
     )
 
 

@@ -105,3 +105,25 @@ def test_second_writer_is_refused(tmp_path):
         with pytest.raises(OodbenchError, match="Another oodbench process"):
             with exclusive(p):
                 pass
+
+
+def test_verify_store(digits_store, tmp_path):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from oodbench.cli import app
+    from oodbench.store import Store
+    from oodbench.verify import verify_store
+
+    store = tmp_path / "s"
+    shutil.copytree(digits_store["store"], store)
+    assert all(f.ok for f in verify_store(store))
+    f = Store(store).features_path(digits_store["key"], "digits-5to9")
+    with h5py.File(f, "a") as h:
+        h["image_embeds"][3, 0] = np.nan
+    (f.parent / "x.h5.partial").write_bytes(b"")
+    bad = {p.path.name: p.message for p in verify_store(store) if not p.ok}
+    assert "NaN/inf (rows 3)" in bad["digits-5to9.h5"] and "x.h5.partial" in bad
+    res = CliRunner().invoke(app, ["verify", str(store)])
+    assert res.exit_code == 1 and "2 of" in res.output

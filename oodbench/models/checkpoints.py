@@ -1,13 +1,40 @@
 """Checkpoint formats: each adapter turns a file into an open_clip state dict (+ optional head).
 
-Loading is safe by default: tensors only (``torch.load(weights_only=True)``) or safetensors.
+Loading is safe by default: tensors only (``torch.load(weights_only=True)``) or safetensors. A
+pickled Python object (WiSE-FT's ``ImageClassifier``, FLYP's ``CLIPEncoder``) is unpickled only
+when the caller passes ``trust_pickle=True`` (CLI: ``--trust-pickle``).
+
+Adapters (``ADAPTERS``), detected from the keys by :func:`detect_format` or named explicitly:
+
+========== ==================================================================================
+open_clip  open_clip state dicts and training checkpoints (``state_dict``, ``module.``)
+safetensors the same, stored as ``.safetensors``
+visual_only CLIPood-style visual tower only (no ``visual.`` prefix, often fp16); text keeps base
+wiseft     WiSE-FT / model soups (``image_encoder.model.*`` or ``model.*``,
+           ``classification_head.*``); head on L2-normalised embeddings
+lpft       LP-FT (``_model.*``, ``_classifier.*``); head on raw (unnormalised) embeddings
+flyp       FLYP / CaRot (``model.*``, both towers)
+cma        ``{'model_state_dict': ...}`` with ``module.``
+peft_lora  HF PEFT LoRA for HF CLIP (``adapter_config.json`` + ``adapter_model.*``), merged
+clip_lora  CLIP-LoRA ``.pt`` (``weights`` + ``metadata``), merged
+coop       CoOp / LoCoOp prompt learner: learned text context (``Adapted.text_ctx``)
+========== ==================================================================================
+
+Adapters take ``(obj, base=None)``: ``obj`` is what was read from the file, ``base`` the freshly
+created model's state dict (needed by the LoRA formats, which return full state dicts).
 """
 
 from __future__ import annotations
 
+import inspect
+import json
+import pickle
+import re
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -21,81 +48,467 @@ class Adapted:
     state_dict: dict[str, torch.Tensor]
     head_weight: torch.Tensor | None = None  # (C, D)
     head_bias: torch.Tensor | None = None  # (C,)
-    head_input: str = "embeds"
+    head_input: str = "embeds"  # "embeds" (L2-normalised), "embeds_raw" or "penultimate"
     partial: bool = False  # True when the file holds only part of the model (e.g. visual only)
     notes: list[str] = field(default_factory=list)
+    format: str = ""
+    scope: tuple[str, ...] = ()  # for partial files: key prefixes the file must cover completely
+    text_ctx: torch.Tensor | None = None  # CoOp context vectors: (n_ctx, W) or (C, n_ctx, W)
+    quick_gelu: bool | None = None  # activation the weights were trained with, when known
+    quick_gelu_reason: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
-Adapter = Callable[[dict[str, torch.Tensor]], Adapted]
+Adapter = Callable[..., Adapted]
 ADAPTERS: dict[str, Adapter] = {}
+_DETECTORS: list[tuple[str, Callable[[Any], bool]]] = []
 
 
-def register_adapter(name: str) -> Callable[[Adapter], Adapter]:
+def register_adapter(name: str, detect: Callable[[Any], bool] | None = None) -> Callable[[Adapter], Adapter]:
+    """Register ``fn(obj, base=None) -> Adapted`` under ``name``.
+
+    ``detect(obj) -> bool``, if given, is consulted by :func:`detect_format` before the built-in
+    rules, so a plug-in format can be auto-detected.
+    """
+
     def deco(fn: Adapter) -> Adapter:
         if name in ADAPTERS:
             raise ValueError(f"checkpoint adapter {name!r} already registered")
         ADAPTERS[name] = fn
+        if detect is not None:
+            _DETECTORS.append((name, detect))
         return fn
 
     return deco
 
 
-def read_tensors(path: Path) -> dict:
-    """Read a checkpoint file without executing code: safetensors or a weights-only pickle."""
+# ----------------------------------------------------------------------------- reading files
+
+def read_tensors(path: Path, trust_pickle: bool = False) -> Any:
+    """Read a checkpoint file without executing code: safetensors or a weights-only pickle.
+
+    With ``trust_pickle`` a file that needs Python objects is unpickled for real
+    (``weights_only=False``); nn.Modules in it are turned into their state dicts.
+    """
+    path = Path(path)
     if not path.exists():
         raise OodbenchError(f"Checkpoint {str(path)!r} does not exist: check the --ckpt path.")
+    if path.is_dir():
+        raise OodbenchError(
+            f"Checkpoint {str(path)!r} is a directory without adapter_config.json (PEFT) or "
+            "prompt_learner/ (CoOp): pass the checkpoint file itself."
+        )
     if path.suffix == ".safetensors":
+        from safetensors import safe_open
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        tensors: dict[str, Any] = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        if set(meta) - {"format"}:
+            tensors["__metadata__"] = dict(meta)
+        return tensors
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - unpickling errors come in many types
+    except pickle.UnpicklingError as exc:
+        if not trust_pickle:
+            found = _first_global(str(exc))
+            raise OodbenchError(
+                f"Checkpoint {path.name} is not a plain tensor file{found}: it is a pickled Python object; "
+                "oodbench only loads such files when you pass --trust-pickle (only for files you trust: "
+                "unpickling runs code), or re-save it as a state dict."
+            ) from None
+    except Exception as exc:  # noqa: BLE001 - corrupt archives fail in many ways
         raise OodbenchError(
-            f"Checkpoint {path.name} is not a plain tensor file ({type(exc).__name__}): it may be a pickled "
-            "Python object; oodbench only loads such files when you pass --trust-pickle."
+            f"Checkpoint {path.name} could not be read ({type(exc).__name__}: {str(exc)[:160]}): "
+            "is it a complete PyTorch or safetensors file?"
         ) from None
+    return _load_trusted(path)
 
+
+def _first_global(msg: str) -> str:
+    m = re.search(r"GLOBAL ([\w.]+)", msg)
+    return f" (it needs {m.group(1)})" if m else ""
+
+
+class _Stub(torch.nn.Module):
+    """Stand-in for a class whose code is not importable: keeps the pickled attributes."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, dict):
+            torch.nn.Module.__setstate__(self, state)
+        else:
+            torch.nn.Module.__init__(self)
+            self._stub_state = state
+
+
+_STUBS: dict[tuple[str, str], type] = {}
+
+
+class _StubUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return super().find_class(module, name)
+        except (ImportError, AttributeError):
+            key = (module, name)
+            if key not in _STUBS:
+                _STUBS[key] = type(name, (_Stub,), {"__module__": module})
+            return _STUBS[key]
+
+
+_STUB_PICKLE = types.SimpleNamespace(Unpickler=_StubUnpickler, load=pickle.load, __name__="pickle")
+
+
+def _load_trusted(path: Path) -> Any:
+    """Unpickle a trusted file; classes whose code is missing become attribute-keeping stubs."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except (ImportError, AttributeError):
+        obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_STUB_PICKLE)
+    return _modules_to_state(obj)
+
+
+def _modules_to_state(obj: Any) -> Any:
+    if isinstance(obj, torch.nn.Module):
+        return dict(obj.state_dict())
+    if isinstance(obj, dict):
+        return {k: (dict(v.state_dict()) if isinstance(v, torch.nn.Module) else v) for k, v in obj.items()}
+    return obj
+
+
+def read_checkpoint(path: Path, trust_pickle: bool = False) -> tuple[Any, Path]:
+    """Read ``path`` (a file, a PEFT adapter directory or a CoOp output directory).
+
+    Returns the loaded object and the file actually read. PEFT adapters come back as
+    ``{'peft_config': {...}, 'state_dict': {...}}``.
+    """
+    path = Path(path)
+    if path.is_dir() and (path / "adapter_config.json").exists():
+        return _read_peft(path, None)
+    if path.is_file() and path.name.startswith("adapter_model") and (path.parent / "adapter_config.json").exists():
+        return _read_peft(path.parent, path)
+    if path.is_dir():
+        found = _coop_file(path)
+        if found is not None:
+            return read_tensors(found, trust_pickle), found
+    return read_tensors(path, trust_pickle), path
+
+
+def _read_peft(folder: Path, weights: Path | None) -> tuple[dict, Path]:
+    try:
+        cfg = json.loads((folder / "adapter_config.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise OodbenchError(f"{folder / 'adapter_config.json'} is not valid JSON: {exc}") from None
+    if weights is None:
+        for name in ("adapter_model.safetensors", "adapter_model.bin"):
+            if (folder / name).exists():
+                weights = folder / name
+                break
+        else:
+            raise OodbenchError(f"{folder} has adapter_config.json but no adapter_model.safetensors or .bin.")
+    tensors = read_tensors(weights)
+    tensors.pop("__metadata__", None)
+    return {"peft_config": cfg, "state_dict": tensors}, weights
+
+
+def _coop_file(folder: Path) -> Path | None:
+    """CoOp/LoCoOp output dir: prompt_learner/model-best.pth.tar, else the last model.pth.tar-N."""
+    pl = folder if folder.name == "prompt_learner" else folder / "prompt_learner"
+    if not pl.is_dir():
+        return None
+    if (pl / "model-best.pth.tar").exists():
+        return pl / "model-best.pth.tar"
+    epochs = [(int(p.name.rsplit("-", 1)[1]), p) for p in pl.glob("model.pth.tar-*")
+              if p.name.rsplit("-", 1)[1].isdigit()]
+    return max(epochs)[1] if epochs else None
+
+
+# ----------------------------------------------------------------------------- helpers
 
 def strip_prefix(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """Remove ``prefix`` when every key has it (e.g. ``module.`` after DDP)."""
     if sd and all(k.startswith(prefix) for k in sd):
         return {k[len(prefix):]: v for k, v in sd.items()}
     return sd
 
 
+def _tensors(sd: Any) -> dict[str, torch.Tensor]:
+    if not isinstance(sd, dict):
+        raise OodbenchError("Checkpoint must be a dict of tensors (or {'state_dict': ...}).")
+    return {k: v for k, v in sd.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+
+
+def _inner(obj: Any, *names: str) -> dict[str, torch.Tensor]:
+    """The state dict inside a training checkpoint (first of ``names`` present), ``module.`` stripped."""
+    if isinstance(obj, dict):
+        for n in names:
+            if isinstance(obj.get(n), dict):
+                obj = obj[n]
+                break
+    return strip_prefix(_tensors(obj), "module.")
+
+
+def _pop_head(sd: dict[str, torch.Tensor], prefix: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    w = sd.pop(f"{prefix}.weight", None)
+    b = sd.pop(f"{prefix}.bias", None)
+    if w is not None and w.ndim != 2:
+        raise OodbenchError(f"{prefix}.weight has shape {tuple(w.shape)}: expected (classes, dim).")
+    return (w.float() if w is not None else None), (b.float() if b is not None else None)
+
+
+def _strip_first(sd: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Strip the first of ``prefixes`` that any key carries from the keys that carry it."""
+    for p in prefixes:
+        if any(k.startswith(p) for k in sd):
+            return {(k[len(p):] if k.startswith(p) else k): v for k, v in sd.items()}
+    return sd
+
+
+def _tower_scope(ad: Adapted) -> Adapted:
+    """A full-model file without the text transformer (WiSE-FT deletes it) is a visual load."""
+    has_text = any(k.startswith("transformer.resblocks.") for k in ad.state_dict)
+    has_visual = any(k.startswith("visual.") for k in ad.state_dict)
+    if has_visual and not has_text:
+        ad.partial, ad.scope = True, ("visual.",)
+        ad.notes.append("no text transformer in the file: the text tower keeps the base weights")
+    return ad
+
+
+def _hints(obj: Any) -> tuple[bool | None, str]:
+    """QuickGELU hints stored in a checkpoint: a ``quick_gelu`` flag or training args."""
+    if not isinstance(obj, dict):
+        return None, ""
+    spots = [obj] + [obj[k] for k in ("args", "config", "__metadata__") if isinstance(obj.get(k), dict)]
+    for d in spots:
+        for key in ("quick_gelu", "force_quick_gelu"):
+            if key in d and not isinstance(d[key], torch.Tensor):
+                v = d[key]
+                if isinstance(v, str):
+                    v = v.strip().lower() in ("1", "true", "yes")
+                if v:
+                    return True, f"checkpoint {key}=True"
+        model = d.get("model")
+        if isinstance(model, str) and model.endswith("-quickgelu"):
+            return True, f"checkpoint trained as {model}"
+    return None, ""
+
+
+def params_txt_hints(ckpt: Path) -> dict[str, str]:
+    """open_clip training writes ``params.txt`` next to ``checkpoints/``: read model/pretrained."""
+    for p in (ckpt.parent / "params.txt", ckpt.parent.parent / "params.txt"):
+        if p.is_file():
+            out = {}
+            for line in p.read_text(errors="replace").splitlines():
+                if ":" in line:
+                    k, v = line.split(":", 1)
+                    out[k.strip()] = v.strip()
+            out["_path"] = str(p)
+            return out
+    return {}
+
+
+# ----------------------------------------------------------------------------- adapters
+
 @register_adapter("open_clip")
-def open_clip_adapter(obj: dict) -> Adapted:
+def open_clip_adapter(obj: Any, base: dict | None = None) -> Adapted:
     """open_clip state dicts and training checkpoints (``{'state_dict': ..., 'epoch': ...}``)."""
     sd = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
     if not isinstance(sd, dict):
         raise OodbenchError("open_clip checkpoint must be a dict of tensors (or {'state_dict': ...}).")
-    sd = strip_prefix(sd, "module.")
-    return Adapted({k: v for k, v in sd.items() if isinstance(v, torch.Tensor)})
+    sd = strip_prefix(_tensors(sd), "module.")
+    qg, why = _hints(obj)
+    return Adapted(sd, format="open_clip", quick_gelu=qg, quick_gelu_reason=why)
 
 
-def detect_format(obj: dict) -> str:
-    """Guess the adapter from the keys of a loaded checkpoint."""
+@register_adapter("safetensors")
+def safetensors_adapter(obj: Any, base: dict | None = None) -> Adapted:
+    """A plain open_clip state dict stored as safetensors."""
+    ad = open_clip_adapter(obj, base)
+    ad.format = "safetensors"
+    return ad
+
+
+_VISUAL_ROOTS = ("conv1.weight", "class_embedding", "ln_pre.weight", "ln_post.weight", "proj",
+                 "attnpool.positional_embedding", "trunk.")
+
+
+@register_adapter("visual_only")
+def visual_only_adapter(obj: Any, base: dict | None = None) -> Adapted:
+    """CLIPood: ``clip_model.visual.state_dict()`` (fp16, no ``visual.`` prefix); text keeps base."""
+    sd = _inner(obj, "state_dict", "model")
+    if any(k.startswith("visual.") for k in sd):
+        if any(k.startswith(("transformer.", "token_embedding")) for k in sd):
+            raise OodbenchError("visual_only checkpoint also holds text-tower keys: use --ckpt-format open_clip.")
+        prefixed = sd
+    else:
+        prefixed = {f"visual.{k}": v for k, v in sd.items()}
+    fp16 = any(v.dtype == torch.float16 for v in sd.values())
+    ad = Adapted(prefixed, partial=True, scope=("visual.",), format="visual_only",
+                 notes=["visual tower only: the text tower keeps the base weights"])
+    if fp16 and prefixed is not sd:
+        ad.quick_gelu, ad.quick_gelu_reason = True, "fp16 visual-only state dict as saved by CLIPood (OpenAI CLIP)"
+        ad.notes.append("weights stored in float16")
+    return ad
+
+
+@register_adapter("wiseft")
+def wiseft_adapter(obj: Any, base: dict | None = None) -> Adapted:
+    """WiSE-FT ``ImageClassifier`` / model-soups ``ModelWrapper`` state dicts.
+
+    Both normalise the image embedding before ``classification_head`` (WiSE-FT's
+    ``ClassificationHead(normalize=True)``; soups' ``ModelWrapper(normalize=True)``), so the head
+    reads L2-normalised embeddings; zero-shot-initialised heads already include the logit scale.
+    """
+    sd = dict(_inner(obj, "state_dict", "model_state_dict"))
+    w, b = _pop_head(sd, "classification_head")
+    sd = _strip_first(sd, ("image_encoder.model.", "model."))
+    ad = Adapted(sd, head_weight=w, head_bias=b, head_input="embeds", format="wiseft",
+                 quick_gelu=True, quick_gelu_reason="WiSE-FT / model soups fine-tune OpenAI CLIP (the `clip` package)")
+    return _tower_scope(ad)
+
+
+@register_adapter("lpft")
+def lpft_adapter(obj: Any, base: dict | None = None) -> Adapted:
+    """LP-FT (AnanyaKumar/transfer_learning ``ClipModel``): ``_model.*`` + ``_classifier``.
+
+    ``ClipModel.forward`` feeds ``encode_image`` straight into ``_classifier`` (no L2 norm).
+    """
+    sd = dict(_inner(obj, "state_dict", "model_state_dict"))
+    w, b = _pop_head(sd, "_classifier")
+    sd = _strip_first(sd, ("_model.",))
+    ad = Adapted(sd, head_weight=w, head_bias=b, head_input="embeds_raw", format="lpft",
+                 quick_gelu=True, quick_gelu_reason="LP-FT fine-tunes OpenAI CLIP (the `clip` package)")
+    return _tower_scope(ad)
+
+
+@register_adapter("flyp")
+def flyp_adapter(obj: Any, base: dict | None = None) -> Adapted:
+    """FLYP / CaRot ``CLIPEncoder`` (``model.*``, both towers)."""
+    sd = dict(_inner(obj, "state_dict", "model_state_dict"))
+    w, b = _pop_head(sd, "classification_head")
+    sd = _strip_first(sd, ("model.",))
+    ad = Adapted(sd, head_weight=w, head_bias=b, head_input="embeds", format="flyp")
+    ad.notes.append("FLYP uses OpenAI CLIP (QuickGELU) for ViT-B/32 and LAION open_clip weights (GELU) for "
+                    "ViT-B-16/L-14: pick the matching --model")
+    return _tower_scope(ad)
+
+
+@register_adapter("cma")
+def cma_adapter(obj: Any, base: dict | None = None) -> Adapted:
+    """``{'model_state_dict': ...}`` with a ``module.`` prefix."""
+    sd = dict(_inner(obj, "model_state_dict", "state_dict"))
+    w = b = None
+    for head in ("classification_head", "classifier", "head"):
+        if f"{head}.weight" in sd:
+            w, b = _pop_head(sd, head)
+            break
+    sd = _strip_first(sd, ("model.", "clip_model.", "clip."))
+    ad = Adapted(sd, head_weight=w, head_bias=b, head_input="embeds", format="cma")
+    if w is not None:
+        ad.notes.append("head input assumed to be L2-normalised embeddings")
+    return _tower_scope(ad)
+
+
+# ----------------------------------------------------------------------------- detection
+
+def _flat_keys(obj: Any) -> list[str]:
+    if not isinstance(obj, dict):
+        return []
+    sd = obj.get("state_dict") if isinstance(obj.get("state_dict"), dict) else obj
+    keys = [k for k, v in sd.items() if isinstance(k, str) and isinstance(v, torch.Tensor)]
+    if keys and all(k.startswith("module.") for k in keys):
+        keys = [k[len("module."):] for k in keys]
+    return keys
+
+
+def detect_format(obj: Any, path: Path | None = None) -> str:
+    """Guess the adapter from the keys of a loaded checkpoint (and the file suffix)."""
+    for name, pred in _DETECTORS:
+        try:
+            if pred(obj):
+                return name
+        except Exception:  # noqa: BLE001 - a plug-in detector must not break detection
+            continue
+    if not isinstance(obj, dict):
+        return "open_clip"
+    if "peft_config" in obj:
+        return "peft_lora"
+    if isinstance(obj.get("weights"), dict) and isinstance(obj.get("metadata"), dict):
+        return "clip_lora"
+    if isinstance(obj.get("model_state_dict"), dict):
+        return "cma"
+    keys = _flat_keys(obj)
+    if any(".lora_A." in k or ".lora_B." in k for k in keys):
+        return "peft_lora"
+    if "ctx" in keys or any(k.endswith("prompt_learner.ctx") for k in keys):
+        return "coop"
+    if any(k.startswith(("_model.", "_classifier.")) for k in keys):
+        return "lpft"
+    if any(k.startswith(("image_encoder.", "classification_head.")) for k in keys):
+        return "wiseft"
+    if any(k.startswith("model.") for k in keys):
+        return "flyp"
+    if keys and "token_embedding.weight" not in keys and (
+        any(k in _VISUAL_ROOTS or k.startswith("trunk.") for k in keys)
+        or all(k.startswith("visual.") for k in keys)
+    ):
+        return "visual_only"
+    if path is not None and Path(path).suffix == ".safetensors":
+        return "safetensors"
     return "open_clip"
 
 
-def adapt(path: Path, fmt: str = "auto") -> Adapted:
-    obj = read_tensors(path)
+def _call(fn: Adapter, obj: Any, base: dict | None) -> Adapted:
+    params = inspect.signature(fn).parameters
+    if "base" in params or len(params) >= 2:
+        return fn(obj, base=base)
+    return fn(obj)
+
+
+def adapt(path: Path, fmt: str = "auto", base: dict[str, torch.Tensor] | None = None,
+          trust_pickle: bool = False) -> Adapted:
+    """Read ``path`` and turn it into open_clip weights with the ``fmt`` adapter (or detect it)."""
+    obj, file = read_checkpoint(Path(path), trust_pickle)
+    detected = detect_format(obj, file)
     if fmt == "auto":
-        fmt = detect_format(obj)
+        fmt = detected
     if fmt not in ADAPTERS:
         raise suggest(fmt, ADAPTERS, "checkpoint format")
-    return ADAPTERS[fmt](obj)
+    ad = _call(ADAPTERS[fmt], obj, base)
+    ad.format = ad.format or fmt
+    ad.meta.setdefault("file", str(file))
+    if fmt != detected:
+        ad.meta["detected_format"] = detected
+    if fmt in ("open_clip", "safetensors") and ad.quick_gelu is None:
+        params = params_txt_hints(file)
+        if params:
+            ad.meta["params_txt"] = {k: params[k] for k in ("model", "pretrained", "force_quick_gelu", "_path")
+                                     if k in params}
+            model = params.get("model", "")
+            if (model.endswith("-quickgelu") or params.get("force_quick_gelu") == "True"
+                    or params.get("pretrained") == "openai"):
+                ad.quick_gelu, ad.quick_gelu_reason = True, f"{params['_path']}: model {model}, pretrained {params.get('pretrained')}"
+            elif model:
+                ad.quick_gelu, ad.quick_gelu_reason = False, f"{params['_path']}: model {model}"
+    return ad
 
 
-def load_into(model: torch.nn.Module, adapted: Adapted, source: str) -> None:
-    """Load adapted weights strictly; on mismatch say how many keys are missing/unexpected."""
+def load_into(model: torch.nn.Module, adapted: Adapted, source: str) -> dict[str, int]:
+    """Load adapted weights strictly; on mismatch say how many keys are missing/unexpected.
+
+    Partial files (``adapted.partial``) may leave keys out, except under ``adapted.scope``.
+    Returns ``{'loaded': n, 'kept': m}`` (keys taken from the file / kept from the base model).
+    """
     own = model.state_dict()
     sd = adapted.state_dict
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     shape = [k for k in sd if k in own and sd[k].shape != own[k].shape]
     if adapted.partial:
-        missing = []
+        missing = [k for k in missing if adapted.scope and k.startswith(adapted.scope)]
     if missing or unexpected or shape:
         parts = []
         if missing:
@@ -105,8 +518,37 @@ def load_into(model: torch.nn.Module, adapted: Adapted, source: str) -> None:
         if shape:
             k = shape[0]
             parts.append(f"{len(shape)} with wrong shape (e.g. {k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)})")
+        fmt = f" (read as {adapted.format})" if adapted.format else ""
         raise OodbenchError(
-            f"Checkpoint {source} does not fit this architecture: {'; '.join(parts)} keys. "
+            f"Checkpoint {source}{fmt} does not fit this architecture: {'; '.join(parts)} keys. "
             "Check --model (and -quickgelu for OpenAI weights) or --ckpt-format."
         )
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=not adapted.partial)
+    if sd:
+        model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=not adapted.partial)
+    return {"loaded": len(sd), "kept": len(own) - len(sd)}
+
+
+def mix_states(theta0: dict[str, torch.Tensor], theta1: dict[str, torch.Tensor],
+               alpha: float) -> dict[str, torch.Tensor]:
+    """WiSE-FT: (1 - alpha) * theta0 + alpha * theta1 over matching floating-point keys.
+
+    Keys only in ``theta1`` and non-float tensors come from ``theta1``; alpha 0 and 1 give the
+    endpoints bit for bit.
+    """
+    out = {}
+    for k, v1 in theta1.items():
+        v0 = theta0.get(k)
+        if v0 is None or not v1.is_floating_point() or v0.shape != v1.shape:
+            out[k] = v1
+        elif alpha == 0:
+            out[k] = v0.to(v1.dtype)
+        elif alpha == 1:
+            out[k] = v1
+        else:
+            out[k] = ((1 - alpha) * v0.float() + alpha * v1.float()).to(v1.dtype)
+    return out
+
+
+# the LoRA and prompt adapters register themselves
+from . import lora as _lora  # noqa: E402,F401
+from . import prompts as _prompts  # noqa: E402,F401

@@ -1,6 +1,6 @@
 """Post-hoc OoD scorers (higher score = more in-distribution) and their registry."""
 
-from . import classwise, clip, distance, logit, shaping  # noqa: F401  (register built-ins)
+from . import classwise, clip, distance, logit, native, shaping  # noqa: F401  (register built-ins)
 from .base import FEATURE_SPACES, Param, Scorer, feature_param
 from .inputs import Head, Inputs, TextBank, VisualParams, l2_normalize
 from .registry import get_scorer, load_plugin, make_scorer, register_scorer, scorer_names

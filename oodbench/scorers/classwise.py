@@ -7,12 +7,23 @@ All scores are higher = more in-distribution.
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 from scipy.optimize import brentq
 from scipy.special import logsumexp, softmax
 
 from ..errors import OodbenchError
 from .base import Param, Scorer
-from .common import chunk_rows, class_means, head_arrays, head_features, logits, rowwise
+from .common import (
+    CHUNK_BYTES,
+    chunk_rows,
+    class_means,
+    head_arrays,
+    head_features,
+    logit_blocks,
+    logits,
+    predictions,
+    rowwise,
+)
 from .registry import register_scorer
 
 
@@ -24,7 +35,7 @@ def _correct_slots(data, who: str, n_classes: int, min_count: int = 1) -> np.nda
     labels = np.asarray(data.labels)
     if not (labels >= 0).any():
         raise OodbenchError(f"{who} needs labelled ID train samples; the train split has none.")
-    pred = np.asarray(logits(data)).argmax(1)
+    pred = predictions(data)
     correct = np.where((pred == labels) & (labels >= 0), labels, -1)
     counts = np.bincount(correct[correct >= 0], minlength=n_classes)
     present = np.unique(labels[labels >= 0])
@@ -189,6 +200,23 @@ def weibull_cdf(x: np.ndarray, c: np.ndarray, lam: np.ndarray) -> np.ndarray:
     return np.where(x > 0, out, 0.0)
 
 
+def top_stable(x: np.ndarray, alpha: int) -> np.ndarray:
+    """``np.argsort(-x, axis=1, kind="stable")[:, :alpha]`` (the alpha largest entries of each
+    row, by value descending then index ascending) without sorting whole rows: a partial
+    selection, then a sort of the alpha picks; rows where the alpha-th value is tied with an
+    entry left out take the full stable sort."""
+    n, c = x.shape
+    if alpha * 8 >= c:
+        return np.argsort(-x, axis=1, kind="stable")[:, :alpha]
+    part = np.argpartition(-x, alpha - 1, axis=1)[:, :alpha]
+    vals = np.take_along_axis(x, part, 1)
+    top = np.take_along_axis(part, np.lexsort((part, -vals), axis=-1), 1)
+    tied = (x >= vals.min(1, keepdims=True)).sum(1) > alpha
+    if tied.any():
+        top[tied] = np.argsort(-x[tied], axis=1, kind="stable")[:, :alpha]
+    return top
+
+
 def _distances(z: np.ndarray, mav: np.ndarray, kind: str, eu_weight: float) -> np.ndarray:
     """Distance of logit rows (..., C) to class mean logit vectors (..., C) broadcast together."""
     eu = np.linalg.norm(z - mav, axis=-1)
@@ -226,20 +254,34 @@ class OpenMax(Scorer):
     search_space = {"tail": (10, 20, 50, 100), "alpha": (1, 3, 5, 10)}
 
     def fit(self, data) -> OpenMax:
-        z = logits(data)
-        correct = _correct_slots(data, self.name, z.shape[1], min_count=2)
-        self.mavs_ = _correct_means(z, correct, z.shape[1], self.name)
-        self.weibull_ = np.full((z.shape[1], 3), np.nan)  # shape c, scale, translation shift
+        n_classes = data.require_head().num_classes
+        correct = _correct_slots(data, self.name, n_classes, min_count=2)
+        # class means (MAVs) of the correct rows' logits, then their distances: two passes
+        # over row blocks of logits (a big train split's logits are never held whole)
+        classes, counts = np.unique(correct[correct >= 0], return_counts=True)
+        slot = np.full(n_classes, -1)
+        slot[classes] = np.arange(classes.size)
+        sums = np.zeros((classes.size, n_classes), np.float64)
+        for r, z in logit_blocks(data):
+            sel = correct[r] >= 0
+            k = int(sel.sum())
+            onehot = sp.csr_matrix(
+                (np.ones(k), (slot[correct[r][sel]], np.arange(k))), shape=(classes.size, k)
+            )
+            sums += onehot @ np.asarray(z[sel], np.float64)
+        self.mavs_ = np.zeros((n_classes, n_classes), np.float64)
+        self.mavs_[classes] = sums / counts[:, None]
+        self.weibull_ = np.full((n_classes, 3), np.nan)  # shape c, scale, translation shift
         rows = np.flatnonzero(correct >= 0)
         dist = np.concatenate(
             [
                 _distances(
-                    np.asarray(z[r], np.float64),
-                    self.mavs_[correct[r]],
+                    np.asarray(z[correct[r] >= 0], np.float64),
+                    self.mavs_[correct[r][correct[r] >= 0]],
                     self.distance,
                     self.eu_weight,
                 )
-                for r in np.array_split(rows, max(1, rows.size // chunk_rows(2 * z.shape[1])))
+                for r, z in logit_blocks(data, CHUNK_BYTES // 8)
             ]
         )
         cls = correct[rows]
@@ -260,7 +302,7 @@ class OpenMax(Scorer):
 
         def openmax(r):
             x = np.asarray(z[r], np.float64)
-            top = np.argsort(-x, axis=1, kind="stable")[:, :alpha]  # (n, alpha)
+            top = top_stable(x, alpha)  # (n, alpha)
             d = _distances(x[:, None, :], self.mavs_[top], self.distance, self.eu_weight)
             shape, scale, shift = (self.weibull_[top, i] for i in range(3))
             fitted = ~np.isnan(shape)  # classes without train samples are not revised

@@ -7,6 +7,7 @@ class names (bank ``classes``), cos = cosine similarity. All scores: higher = mo
 from __future__ import annotations
 
 import numpy as np
+import torch
 from scipy.special import expit, logsumexp, softmax
 
 from ..errors import OodbenchError
@@ -72,6 +73,28 @@ class MCM(Scorer):
         )
 
 
+def local_max_softmax(z: np.ndarray, t: np.ndarray, temperature: float) -> np.ndarray:
+    """max over patches p and classes c of softmax_c(<z_p, t_c> / T), for (n, P, D) unit patch
+    embeddings and (C, D) unit text embeddings.
+
+    max_c softmax_c(s / T) = 1 / sum_c exp((s_c - max s) / T). For T >= 0.1 the similarities and
+    exponentials run in float32 (relative error ~1e-6, far below any score gap), smaller T
+    keeps float64 (the error of s is divided by T).
+    """
+    n, p, d = z.shape
+    if temperature < 0.1:
+        sims = z.astype(np.float64) @ t.T.astype(np.float64)
+        return softmax(sims / temperature, axis=2).max(axis=(1, 2))
+    sims = torch.from_numpy(np.ascontiguousarray(z.reshape(n * p, d))) @ torch.from_numpy(
+        np.ascontiguousarray(t, dtype=np.float32)
+    ).T
+    sims -= sims.amax(1, keepdim=True)
+    sims *= 1.0 / temperature
+    torch.exp_(sims)
+    best = 1.0 / sims.sum(1, dtype=torch.float64)
+    return best.reshape(n, p).amax(1).numpy()
+
+
 @register_scorer
 class GLMCM(Scorer):
     """Global-local MCM: MCM(x) + lambda * max over patches p and classes c of softmax(cos(z_p, t_c) / T).
@@ -93,23 +116,23 @@ class GLMCM(Scorer):
     def score(self, data) -> np.ndarray:
         t = name_embeds(data.text_bank("classes"), self.templates).astype(np.float64)
         glob = MCM(temperature=self.temperature, templates=self.templates).score(data)
-        local = data.array("local_embeds")  # numpy or a lazily sliced store dataset
-        n, p = local.shape[0], local.shape[1]
+        loader = data.loaders.get("local_embeds")
+        shape = getattr(loader, "shape", None)
+        if shape is None:
+            shape = data.array("local_embeds").shape
+        n, p = shape[0], shape[1]
         if n != glob.shape[0]:
             raise OodbenchError(
                 f"local_embeds has {n} rows but image_embeds has {glob.shape[0]}: re-extract with --local."
             )
-
-        def local_mcm(r):
+        local = np.empty(n, np.float64)
+        # streamed from the store by row blocks (a ViT-B/16 split holds 196 patches per image)
+        for r, block in data.row_blocks("local_embeds", chunk_rows(2 * p * t.shape[0])):
             z = check_finite(
-                np.asarray(local[r], np.float32),
-                lambda: np.asarray(data.ids)[r],
-                "local embeddings",
+                np.asarray(block, np.float32), lambda r=r: np.asarray(data.ids)[r], "local embeddings"
             )
-            sims = l2_normalize(z).astype(np.float64) @ t.T  # (n, P, C)
-            return softmax(sims / self.temperature, axis=2).max(axis=(1, 2))
-
-        return glob + self.lam * rowwise(local_mcm, n, chunk_rows(2 * p * t.shape[0]))
+            local[r] = local_max_softmax(l2_normalize(z), t, self.temperature)
+        return glob + self.lam * local
 
 
 def mine_negatives(neg: np.ndarray, pos: np.ndarray, ratio: float, percentile: float) -> np.ndarray:
@@ -161,7 +184,9 @@ class NegLabel(Scorer):
     (T = 0.01). Mining: for each candidate of the text bank(s) ``bank`` (``+``-separated names;
     each bank mined separately, as the paper's nouns and adjectives), the 95th percentile of its
     cosine to the ID labels; the ``ratio`` lowest are kept (optionally capped at
-    ``max_negatives`` in total). Grouping: see :func:`neglabel_score`. Higher = more ID.
+    ``max_negatives`` in total). Grouping: see :func:`neglabel_score`. ``templates`` picks the
+    ID labels' prompts (the paper: ``"the nice {}"``, if the class bank has it), ``neg_templates``
+    those of every negative bank (each bank keeps its own prompts). Higher = more ID.
     """
 
     name = "neglabel"
@@ -184,8 +209,12 @@ class NegLabel(Scorer):
         "max_negatives": Param(
             None, int, low=1, optional=True, doc="cap on the number of kept negatives"
         ),
-        "bank": Param("negatives", str, doc="text bank(s) of negative candidates, '+'-separated"),
+        "bank": Param(
+            "negatives+negatives_adj", str, doc="text bank(s) of negative candidates, '+'-separated"
+        ),
+        "id_bank": Param("classes_neglabel", str, doc="text bank of the ID labels (prompt 'the nice {}')"),
         "templates": _templates_param(),
+        "neg_templates": _templates_param(),
     }
     search_space = {
         "ngroup": (1, 10, 100),
@@ -203,6 +232,7 @@ class NegLabel(Scorer):
         key = (
             tuple(id(b) for b in banks),
             self.templates,
+            self.neg_templates,
             self.ratio,
             self.percentile,
             self.max_negatives,
@@ -210,7 +240,7 @@ class NegLabel(Scorer):
         if key not in self._mined:
             kept = []
             for b in banks:
-                cand = name_embeds(b, self.templates)
+                cand = name_embeds(b, self.neg_templates)
                 kept.append(cand[mine_negatives(cand, pos, self.ratio, self.percentile)])
             neg = np.concatenate(kept)
             if self.max_negatives is not None:
@@ -223,7 +253,7 @@ class NegLabel(Scorer):
         return self._mined[key][0]
 
     def score(self, data) -> np.ndarray:
-        pos = name_embeds(data.text_bank("classes"), self.templates)
+        pos = name_embeds(data.text_bank(self.id_bank), self.templates)
         neg = self.negatives(data, pos)
         return neglabel_score(
             features(data, "embeds"), pos, neg, self.temperature, self.ngroup, self.seed
@@ -234,9 +264,11 @@ class NegLabel(Scorer):
 class CSP(NegLabel):
     """CSP: NegLabel whose candidate pool adds the conjugated semantic pool.
 
-    The pool is the union of the noun bank ``negatives`` and the bank ``negatives_csp`` of
-    adjective labels conjugated with superclass words (``{} object``, ``{} scene``, ...,
-    embedded under several templates); both are mined as NegLabel does. Higher = more ID.
+    The pool is the union of the noun bank ``negatives_csp_nouns`` (WordNet nouns minus CSP's
+    excluded lexicographer files, 8 prompts) and the bank ``negatives_csp`` of adjectives
+    conjugated with superclass words (``{} object``, ``{} scene``, ..., 4 prompts); both are
+    mined as NegLabel does, each bank's templates averaged (``neg_templates="ensemble"``); the ID
+    labels use CSP's 8 noun prompts (bank ``classes_csp``). Higher = more ID.
     """
 
     name = "csp"
@@ -244,8 +276,11 @@ class CSP(NegLabel):
     params = {
         **NegLabel.params,
         "bank": Param(
-            "negatives+negatives_csp", str, doc="text bank(s) of negative candidates, '+'-separated"
+            "negatives_csp_nouns+negatives_csp", str, doc="text bank(s) of negative candidates, '+'-separated"
         ),
+        "id_bank": Param("classes_csp", str, doc="text bank of the ID labels (CSP's 8 noun prompts)"),
+        "templates": _templates_param("ensemble"),
+        "neg_templates": _templates_param("ensemble"),
     }
 
 

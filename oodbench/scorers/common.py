@@ -55,6 +55,32 @@ def logits(data) -> np.ndarray:
     return data.logits
 
 
+def logit_blocks(data, budget: int = CHUNK_BYTES // 4) -> Iterator[tuple[slice, np.ndarray]]:
+    """Yield (rows, float32 logits of those rows), the same values as ``logits(data)[rows]``.
+
+    Uses the cached logits when ``data`` already holds them; otherwise computes them by row
+    blocks so that a big split (a 1.28M-row train split has 5 GB of logits) is never
+    materialised whole.
+    """
+    if "logits" in getattr(data, "__dict__", {}):
+        z = data.logits
+        for rows in chunks(z.shape[0], chunk_rows(z.shape[1], 4, budget)):
+            yield rows, z[rows]
+        return
+    h = head_features(data)
+    head = data.require_head()
+    for rows in chunks(h.shape[0], chunk_rows(head.num_classes, 4, budget)):
+        yield rows, head.logits(h[rows]).astype(np.float32)
+
+
+def predictions(data) -> np.ndarray:
+    """(N,) argmax of the head's logits, computed by row blocks (see :func:`logit_blocks`)."""
+    out = np.empty(len(head_features(data)), np.int64)
+    for rows, z in logit_blocks(data):
+        out[rows] = z.argmax(1)
+    return out
+
+
 def head_arrays(data) -> tuple[np.ndarray, np.ndarray]:
     """The head's (W (C, D), b (C,)) as float64, checked finite."""
     head = data.require_head()

@@ -3,11 +3,10 @@ Residual. ``h``: (N, D) features; all scores are higher = more in-distribution."
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import torch
 
+from ..console import info
 from ..errors import OodbenchError
 from .base import Param, Scorer, feature_param
 from .common import (
@@ -25,31 +24,31 @@ from .common import (
 )
 from .inputs import l2_normalize
 from .registry import register_scorer
+from .topk import InnerProductIndex
 
-log = logging.getLogger(__name__)
 
-
-def topk_similarities(queries: np.ndarray, bank: np.ndarray, k: int) -> np.ndarray:
+def topk_similarities(
+    queries: np.ndarray, bank: np.ndarray, k: int, index: InnerProductIndex | None = None
+) -> np.ndarray:
     """(N, k) largest inner products of each query row with the bank rows, descending.
 
-    Exact, chunked over queries so that one (chunk, bank) block stays under ``CHUNK_BYTES``.
+    Exact: large banks use a bfloat16 candidate search and an exact float32 re-rank that
+    provably keeps every true top-k neighbour (:mod:`oodbench.scorers.topk`); small ones a
+    float32 matmul. Chunked so that one (chunk, bank) block stays bounded. ``index``: a
+    prebuilt :class:`~oodbench.scorers.topk.InnerProductIndex` of ``bank`` (reused across calls).
     """
-    bank_t = torch.from_numpy(np.ascontiguousarray(bank, dtype=np.float32))
-    out = np.empty((queries.shape[0], k), np.float64)
-    for rows in chunks(queries.shape[0], chunk_rows(bank.shape[0], itemsize=4)):
-        q = torch.from_numpy(np.ascontiguousarray(queries[rows], dtype=np.float32))
-        out[rows] = (
-            torch.topk(q @ bank_t.T, k, dim=1, largest=True, sorted=True).values.double().numpy()
-        )
-    return out
+    index = index if index is not None else InnerProductIndex(bank)
+    return index.search(queries, k)
 
 
-def knn_kth_distance(queries: np.ndarray, bank: np.ndarray, k: int) -> np.ndarray:
+def knn_kth_distance(
+    queries: np.ndarray, bank: np.ndarray, k: int, index: InnerProductIndex | None = None
+) -> np.ndarray:
     """Euclidean distance from each query row to its k-th nearest bank row (exact, chunked).
 
     Both inputs are expected L2-normalised, so d^2 = 2 - 2 <q, b>.
     """
-    kth = topk_similarities(queries, bank, k)[:, -1]
+    kth = topk_similarities(queries, bank, k, index)[:, -1]
     return np.sqrt(np.clip(2.0 - 2.0 * kth, 0.0, None))
 
 
@@ -64,6 +63,15 @@ def _bank_params(default_fraction: float) -> dict[str, Param]:
         ),
         "seed": Param(0, int, low=0, doc="seed of the bank subset"),
     }
+
+
+def _index_of(scorer) -> InnerProductIndex:
+    """The search index of ``scorer.bank_``, built once per fitted bank and reused across splits."""
+    cached = scorer.__dict__.get("_index")
+    if cached is None or cached[0] is not scorer.bank_:
+        cached = (scorer.bank_, InnerProductIndex(scorer.bank_))
+        scorer.__dict__["_index"] = cached
+    return cached[1]
 
 
 @register_scorer
@@ -88,7 +96,10 @@ class KNN(Scorer):
     def fit(self, data) -> KNN:
         h = features(data, self.feature)
         keep = seeded_subset(h.shape[0], self.bank_fraction, self.k, self.seed)
-        bank = l2_normalize(h if keep is None else h[keep])
+        if keep is None and self.feature == "embeds":
+            bank = h  # already L2-normalised rows (no second copy of a big train split)
+        else:
+            bank = l2_normalize(h if keep is None else h[keep])
         if bank.shape[0] < self.k:
             raise OodbenchError(
                 f"The 'k' parameter of knn is {self.k} but the train bank has only {bank.shape[0]} samples: lower k."
@@ -99,7 +110,9 @@ class KNN(Scorer):
 
     def score(self, data) -> np.ndarray:
         self.check_fitted()
-        return -knn_kth_distance(l2_normalize(features(data, self.feature)), self.bank_, self.k)
+        return -knn_kth_distance(
+            l2_normalize(features(data, self.feature)), self.bank_, self.k, _index_of(self)
+        )
 
 
 @register_scorer
@@ -140,7 +153,7 @@ class NNGuide(Scorer):
         e = np.concatenate(
             [energy(h[r] @ w.T + b) for r in chunks(h.shape[0], chunk_rows(w.shape[0]))]
         )
-        guidance = topk_similarities(l2_normalize(h), self.bank_, self.k).mean(1)
+        guidance = topk_similarities(l2_normalize(h), self.bank_, self.k, _index_of(self)).mean(1)
         return e * guidance
 
 
@@ -321,9 +334,7 @@ class Residual(Scorer):
         d = h.shape[1]
         self.dim_ = self.dim if self.dim < d else d // 2
         if self.dim_ != self.dim:
-            log.info(
-                "residual: dim=%d ≥ feature dimension %d, using dim=%d", self.dim, d, self.dim_
-            )
+            info(f"residual: dim={self.dim} ≥ feature dimension {d}, using dim={self.dim_}")
         _, _, self.u_ = _origin(data)
         self.ns_ = residual_space(h, self.u_, self.dim_)
         self.fitted_ = True

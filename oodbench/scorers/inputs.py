@@ -158,28 +158,78 @@ class Inputs:
         if key in self._cache:
             return self._cache[key]
         if space == "embeds":
-            out = l2_normalize(self.array("image_embeds").astype(np.float32))
+            out = self._float32_rows("image_embeds", normalize=True)
         elif space == "embeds_raw":
-            out = self.array("image_embeds").astype(np.float32)
+            out = self._float32_rows("image_embeds")
         elif space == "penultimate":
-            out = self.array("penultimate").astype(np.float32)
+            out = self._float32_rows("penultimate")
         elif space.startswith("layer:"):
             try:
                 k = int(space.split(":", 1)[1])
             except ValueError:
                 raise OodbenchError(f"Bad feature space {space!r}: use layer:K with an integer K.") from None
-            cls_tokens = self.array("layers/cls")
-            blocks = list(self.extra.get("layer_indices", range(cls_tokens.shape[1])))
+            loader = self.loaders.get("layers/cls")
+            part = getattr(loader, "part", None)
+            if "layers/cls" in self._cache or part is None or getattr(loader, "shape", None) is None:
+                cls_tokens = self.array("layers/cls")
+                n_layers = cls_tokens.shape[1]
+            else:  # read just the one block's column from the store (memory-bounded)
+                cls_tokens, n_layers = None, loader.shape[1]
+            blocks = list(self.extra.get("layer_indices") or range(n_layers))
             if k < 0:
                 k = blocks[k] if -len(blocks) <= k else k
             if k not in blocks:
                 raise OodbenchError(f"Layer {k} was not extracted; the store has layers {blocks}.")
-            out = cls_tokens[:, blocks.index(k)].astype(np.float32)
+            if cls_tokens is None:
+                out = part((slice(None), blocks.index(k))).astype(np.float32, copy=False)
+            else:
+                out = cls_tokens[:, blocks.index(k)].astype(np.float32)
         else:
             raise OodbenchError(
                 f"Unknown feature space {space!r}: use embeds, embeds_raw, penultimate or layer:K."
             )
         self._cache[key] = out
+        return out
+
+    def row_blocks(self, key: str, rows: int):
+        """Yield (slice, block) of array ``key`` by ``rows``-row blocks.
+
+        Streams from the store (nothing cached) when the loader can read row blocks and the
+        array is not already held; else slices the (cached) array.
+        """
+        loader = self.loaders.get(key)
+        blocks = getattr(loader, "iter_chunks", None)
+        if key in self._cache or blocks is None or key not in self.loaders:
+            x = self.array(key)
+            for s in range(0, x.shape[0], rows):
+                yield slice(s, min(x.shape[0], s + rows)), x[s : s + rows]
+            return
+        start = 0
+        for block in blocks(rows):
+            yield slice(start, start + len(block)), block
+            start += len(block)
+
+    def _float32_rows(self, key: str, normalize: bool = False) -> np.ndarray:
+        """(N, D) float32 array ``key`` (rows L2-normalised if asked).
+
+        When the loader can read row blocks (``loader.iter_chunks(rows)`` and ``loader.shape``,
+        as the engine's store loaders do), the result is filled block by block and the raw
+        array is not kept: memory is the result plus one block. Row-wise, so identical to the
+        whole-array computation.
+        """
+        loader = self.loaders.get(key)
+        blocks, shape = getattr(loader, "iter_chunks", None), getattr(loader, "shape", None)
+        if key in self._cache or blocks is None or shape is None or len(shape) != 2:
+            x = self.array(key).astype(np.float32)
+            return l2_normalize(x) if normalize else x
+        out = np.empty(shape, np.float32)
+        start = 0
+        for block in blocks(max(1, (64 * 2**20) // max(1, 4 * int(shape[1])))):
+            b = np.asarray(block).astype(np.float32, copy=False)
+            out[start : start + len(b)] = l2_normalize(b) if normalize else b
+            start += len(b)
+        if start != shape[0]:
+            raise OodbenchError(f"{key}: read {start} rows of the {self.split} split, expected {shape[0]}.")
         return out
 
     def require_head(self) -> Head:

@@ -6,6 +6,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.special import log_softmax, logsumexp, softmax
 
+from ..console import warn
 from ..errors import OodbenchError
 from .base import Param, Scorer
 from .common import chunk_rows, chunks, energy, logits, rowwise
@@ -95,13 +96,16 @@ def _nll_terms(
     return nll / n, grad / n, hess / n
 
 
-def fit_temperature(z: np.ndarray, y: np.ndarray, t_min: float = 1e-4, t_max: float = 1e4) -> float:
+def fit_temperature(
+    z: np.ndarray, y: np.ndarray, t_min: float = 1e-4, t_max: float = 1e4
+) -> tuple[float, bool]:
     """Temperature T in [t_min, t_max] minimising the mean NLL of softmax(z / T) on labels ``y``.
 
     The NLL is convex in beta = 1/T, so its derivative g is increasing. Until the root of g is
     bracketed, beta doubles or halves (or takes a longer Newton step); then safeguarded Newton
     (rtsafe: geometric bisection when a step leaves the bracket or shrinks too slowly). One
-    pass over the logits per step; separable data (g < 0 everywhere) end at t_min.
+    pass over the logits per step. Returns (T, whether a minimum was bracketed): separable
+    data (g < 0 everywhere) end at t_min or where g underflows to 0.
     """
     b_min, b_max = 1.0 / t_max, 1.0 / t_min
     lo, hi, beta, dx_old = 0.0, np.inf, 1.0, np.inf
@@ -127,7 +131,7 @@ def fit_temperature(z: np.ndarray, y: np.ndarray, t_min: float = 1e-4, t_max: fl
         if dx_old <= 1e-10 * beta or hi - lo <= 1e-10 * beta:
             break
         beta = new
-    return 1.0 / beta
+    return 1.0 / beta, bool(np.isfinite(hi))
 
 
 @register_scorer
@@ -154,9 +158,13 @@ class TempScale(Scorer):
             raise OodbenchError(
                 f"tempscale: val label {int(y[known].max())} is outside the head's {z.shape[1]} classes."
             )
-        self.temperature_ = (
-            fit_temperature(z, y) if known.all() else fit_temperature(z[known], y[known])
-        )
+        z, y = (z, y) if known.all() else (z[known], y[known])
+        self.temperature_, bracketed = fit_temperature(z, y)
+        if not bracketed:
+            warn(
+                "tempscale: the ID-val NLL keeps falling as T -> 0 (every sample is classified "
+                f"correctly with a margin); using T = {self.temperature_:.3g}, where softmax saturates."
+            )
         self.fitted_ = True
         return self
 
