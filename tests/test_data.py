@@ -8,6 +8,7 @@ import json
 import pickle
 import tarfile
 import urllib.request
+import os
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +29,16 @@ from oodbench.data.synthetic import TEXTURE_FAMILIES
 from oodbench.errors import OodbenchError
 
 REPO = Path(__file__).resolve().parents[1]
-# The real OpenOOD / MOS lists: shipped with the repo if vendored, else the shared data folder.
+# The real OpenOOD / MOS lists: the project's shared data folder beside the checkout (as laid out
+# for developers and CI), or $OODBENCH_IMGLISTS.
 IMGLISTS = next(
     (
         p
-        for p in (REPO / "benchmarks" / "imglists", Path("/work/shared/data/imglists"))
+        for p in (
+            Path(os.environ.get("OODBENCH_IMGLISTS", "/nonexistent")),
+            REPO.parent / "shared" / "data" / "imglists",
+            Path("/work/shared/data/imglists"),
+        )
         if p.is_dir()
     ),
     None,

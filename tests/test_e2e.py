@@ -125,3 +125,20 @@ def test_cli_inspect(digits_store):
     res = runner.invoke(app, ["inspect", "--store", str(digits_store["store"]), "-f", "markdown"])
     assert res.exit_code == 0, res.output
     assert "layer:0" in res.output and "embeds" in res.output
+
+
+def test_readme_custom_scorer_is_a_working_plugin(digits_store, tmp_path):
+    """The README's complete custom scorer (< 25 lines) plugs in like a built-in."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(r"```python\n(# my_scores.py.*?)```", readme, re.S).group(1)
+    assert len(code.strip().splitlines()) < 25
+    plugin = tmp_path / "my_scores.py"
+    plugin.write_text(code)
+    res = runner.invoke(app, ["score", "--store", str(digits_store["store"]), "--plugin", str(plugin),
+                              "-m", "cosine_margin,mcm"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["list", "methods", "--plugin", str(plugin)])
+    assert "cosine_margin" in res.output

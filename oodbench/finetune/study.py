@@ -17,6 +17,7 @@ timings), ``study_metrics.csv`` (the tidy metrics frame of every record), ``stud
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from collections.abc import Sequence
@@ -113,6 +114,8 @@ def available_methods(store, key: str, bench, local: bool) -> list[str]:
             continue
         if "negatives" in needs and not any(b.startswith("negatives") for b in banks):
             continue
+        if "reference" in needs or "layers" in needs:
+            continue
         wanted = []
         for pname, param in (getattr(cls, "params", None) or {}).items():
             if pname.endswith("bank") and isinstance(getattr(param, "default", None), str):
@@ -151,6 +154,7 @@ def run_study(benchmark: str = "digits", recipes: Sequence[str | FinetuneConfig]
     from .. import api
     from ..paths import default_store
     from ..report import metrics_table, render
+    from ..scorers import get_scorer
     from ..store import Store
 
     t_start = time.time()
@@ -204,15 +208,30 @@ def run_study(benchmark: str = "digits", recipes: Sequence[str | FinetuneConfig]
             e = StudyEntry(f"{name}-wise{alpha:g}", "wise", name, str(path), alpha=alpha,
                            head="linear" if _has_head(path) else "zeroshot", config={"wise_head": meta.get("wise_head")})
             add(e)
-    # score
+    # score: every fine-tuned checkpoint with the zero-shot model as the reference of two-model scorers
     zs_key = entries[0].model_key
-    wanted = available_methods(st, zs_key, bench, local) if methods == "all" else list(methods)
+    takes_ref = "reference" in inspect.signature(api.score).parameters
+    if methods == "all":
+        if hasattr(api, "available_methods"):
+            wanted = api.available_methods(st, zs_key, bench, takes_ref)
+        else:
+            wanted = available_methods(st, zs_key, bench, local)
+    else:
+        wanted = [m.strip().lower() for m in (methods.split(",") if isinstance(methods, str) else methods)]
+    ref_methods = [m for m in wanted if "reference" in getattr(get_scorer(m), "needs", ())]
+    if ref_methods and not takes_ref:
+        raise OodbenchError(f"{', '.join(ref_methods)} need a reference model, which this api.score cannot take.")
     records = []
     score_files = []
     for e in entries:
         t0 = time.time()
-        recs = api.score(wanted, benchmark=benchmark, model_key=e.model_key, store=st.root, head=e.head,
-                         benchmarks=cat)
+        kw = {}
+        ms = wanted
+        if ref_methods:  # the zero-shot model is its own reference: two-model scores skip it
+            ms = [m for m in wanted if m not in ref_methods] if e.kind == "zeroshot" else wanted
+            kw = {"reference": zs_key} if e.kind != "zeroshot" else {}
+        recs = api.score(ms, benchmark=benchmark, model_key=e.model_key, store=st.root, head=e.head,
+                         benchmarks=cat, **kw)
         e.score_seconds = round(time.time() - t0, 2)
         for r in recs:
             r.model = e.label
@@ -255,13 +274,14 @@ def _base_tag(bench, model: str | None, pretrained: str | None) -> str | None:
 
 def summary_markdown(df, entries: list[StudyEntry], methods: Sequence[str], bench) -> str:
     """Markdown: per checkpoint, ID accuracy and near/far-average AUROC of each summary scorer,
-    plus the mean AUROC over every scorer of the study."""
+    plus the mean AUROC over the scorers every checkpoint has (two-model scorers skip zero-shot)."""
     order = [e.label for e in entries]
     groups = [g for g in ("near avg", "far avg") if (df["ood"] == g).any()]
     lines = []
+    common = set.intersection(*(set(df[df["model"] == e.label]["method"]) for e in entries if (df["model"] == e.label).any()))
     for g in groups:
         sub = df[df["ood"] == g]
-        head = ["checkpoint", "head", "ID acc"] + list(methods) + [f"mean of {sub['method'].nunique()}"]
+        head = ["checkpoint", "head", "ID acc"] + list(methods) + [f"mean of {len(common)}"]
         lines += [f"**{g.replace(' avg', '')}-OoD AUROC (%)** ({', '.join(n for n, gr in bench.ood.items() if f'{gr} avg' == g)})",
                   "", "| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
         for label in order:
@@ -272,7 +292,7 @@ def summary_markdown(df, entries: list[StudyEntry], methods: Sequence[str], benc
             by = dict(zip(rows["method"], rows["auroc"], strict=True))
             cells = [label, e.head, f"{100 * rows['accuracy'].iloc[0]:.1f}"]
             cells += [f"{100 * by[m]:.1f}" if m in by and np.isfinite(by[m]) else "–" for m in methods]
-            cells.append(f"{100 * np.nanmean(list(by.values())):.1f}")
+            cells.append(f"{100 * np.nanmean([by[m] for m in common]):.1f}")
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)

@@ -13,6 +13,7 @@ from .base import Scorer
 
 _REGISTRY: dict[str, type[Scorer]] = {}
 _PLUGINS_LOADED = False
+_PLUGIN_FILES: set[Path] = set()
 
 
 def register_scorer(cls: type[Scorer]) -> type[Scorer]:
@@ -42,6 +43,9 @@ def load_plugin(path: str | Path) -> None:
     path = Path(path)
     if not path.is_file():
         raise OodbenchError(f"Plugin file {str(path)!r} does not exist: give the path to a .py file.")
+    if path.resolve() in _PLUGIN_FILES:  # loading the same file twice registers nothing new
+        return
+    _PLUGIN_FILES.add(path.resolve())
     mod_name = f"oodbench_plugin_{path.stem}"
     spec = importlib.util.spec_from_file_location(mod_name, path)
     if spec is None or spec.loader is None:
