@@ -116,11 +116,9 @@ def worker(args: argparse.Namespace) -> None:
             continue
         # what every scorer of a sweep shares: the head's features, labels, ids, and the
         # eval splits' logits (the engine computes the test logits before any method)
-        x.features(head.input)
-        x.labels
-        x.ids
+        _ = x.features(head.input), x.labels, x.ids
         if s not in ("train",):
-            x.logits
+            _ = x.logits
         cache[d] = x
     load_s = time.perf_counter() - t0
     rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -273,17 +273,27 @@ benchmarks:
 def test_study_end_to_end(tmp_path):
     cat = tmp_path / "bench.yaml"
     cat.write_text(SMALL_CATALOGUE)
-    res = run_study("digits-small", recipes=["lp", "ft"], alphas=[0, 0.5, 1], steps=2, batch_size=16,
+    res = run_study("digits-small", recipes=["lp", "ft"], alphas=[0.5, 1], steps=2, batch_size=16,
                     out=tmp_path / "study", store=tmp_path / "store", methods=["msp", "mcm", "knn"], device="cpu",
                     local=False, benchmarks=cat)
     labels = [e.label for e in res.entries]
-    assert labels == ["zeroshot", "lp", "ft", "ft-wise0", "ft-wise0.5"]
-    assert {r.model for r in res.records} == set(labels) and len(res.records) == 5 * 3
+    assert labels == ["zeroshot", "lp", "ft", "ft-wise0.5"]
+    assert {r.model for r in res.records} == set(labels) and len(res.records) == 4 * 3
     heads = {e.label: e.head for e in res.entries}
-    assert heads == {"zeroshot": "zeroshot", "lp": "linear", "ft": "linear", "ft-wise0": "linear", "ft-wise0.5": "linear"}
+    assert heads == {"zeroshot": "zeroshot", "lp": "linear", "ft": "linear", "ft-wise0.5": "linear"}
     for key in ("summary", "report", "metrics_csv", "json", "figure_near", "figure_far"):
         assert res.files[key].exists() and res.files[key].stat().st_size > 0, key
     assert "| zeroshot |" in res.summary and "| ft-wise0.5 |" in res.summary
     table = res.table
     assert set(table["model"]) == set(labels)
     assert ((table["auroc"] >= 0) & (table["auroc"] <= 1)).all()
+
+
+def test_lp_is_cached_and_refuses_another_config(tmp_path):
+    first = finetune(FinetuneConfig("lp", lp_c=1.0, **FAST), tmp_path)
+    again = finetune(FinetuneConfig("lp", lp_c=1.0, **FAST), tmp_path)
+    assert again.cached and torch.equal(again.head_weight, first.head_weight)
+    with pytest.raises(OodbenchError, match="another configuration"):
+        finetune(FinetuneConfig("lp", lp_c=10.0, **FAST), tmp_path)
+    other = finetune(FinetuneConfig("lp", lp_c=10.0, **FAST), tmp_path, overwrite=True)
+    assert describe_checkpoint(other.path)["linear_probe"]["chosen_C"] == 10.0

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
-from oodbench.scorers import Head, Inputs, TextBank, make_scorer
+from oodbench.scorers import Head, Inputs, make_scorer
 from oodbench.scorers.classwise import top_stable
 from oodbench.scorers.clip import local_max_softmax
 from oodbench.scorers.common import logit_blocks, predictions
@@ -318,8 +318,8 @@ def test_fit_cache_keys_on_model_head_and_code(tmp_path):
 
 
 def test_store_reads_are_blockwise_and_identical(tmp_path):
-    from oodbench.engine import load_inputs, load_model_view, make_head
     from oodbench.config import load_catalogue
+    from oodbench.engine import load_inputs, load_model_view, make_head
 
     st, key, yaml = _tiny_store(tmp_path, n_train=1000)
     bench = load_catalogue(yaml).benchmark("tiny")

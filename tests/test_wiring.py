@@ -67,3 +67,20 @@ def test_coop_context_becomes_the_class_bank(tmp_path):
     cos = np.sum(arrays["embeds"][0] * ref, 1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(arrays["embeds"][0], axis=1)
     assert cos.min() > 0.99
     assert Store(store).text_path(key, "digits-classes_prompts").exists()
+
+
+def test_cli_finetune_wise_then_extract(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, ["finetune", "ft", "--steps", "3", "--batch-size", "16", "-o", "runs",
+                              "--device", "cpu", "--wise", "0.5"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "runs" / "ft.pt").exists() and (tmp_path / "runs" / "ft-wise0.5.pt").exists()
+    res = runner.invoke(app, ["wise", "runs/ft.pt", "-a", "0,1", "-o", "mix"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["extract", "--ckpt", "mix/ft-wise1.pt", "--dataset", "digits-id-test",
+                              "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "QuickGELU" not in res.output  # the tiny model's checkpoints say they use plain GELU
+    (key,) = Store("oodbench_store").model_keys()
+    _, attrs = read_h5(Store("oodbench_store").model_path(key))
+    assert attrs["linear_head_input"] == "embeds"  # the FT head was kept and stored

@@ -189,7 +189,7 @@ def _pairs(model: nn.Module, towers: str) -> dict[str, dict[str, LoRAPair]]:
 
 
 def save_adapter(model: nn.Module, path: str | Path, *, rank: int, alpha: float, towers: str,
-                 meta: dict[str, Any] | None = None) -> Path:
+                 meta: dict[str, Any] | None = None, quick_gelu: bool | None = None) -> Path:
     """Write the unmerged LoRA pairs in CLIP-LoRA's layout (``weights``/``metadata``).
 
     ``layer_i`` numbers the LoRA blocks text first, then vision, as CLIP-LoRA does; each holds
@@ -209,7 +209,9 @@ def save_adapter(model: nn.Module, path: str | Path, *, rank: int, alpha: float,
                 "encoder": {"visual": "vision", "text": "text", "both": "both"}[towers], "position": "all",
                 "params": sorted({_PART_NAMES[t][0] for parts in pairs.values() for t in parts}),
                 "blocks": list(pairs), **(meta or {})}
-    obj = {"weights": weights, "metadata": metadata}
+    obj: dict[str, Any] = {"weights": weights, "metadata": metadata}
+    if quick_gelu is not None:  # the activation the base was built with (QuickGELU or nn.GELU)
+        obj["quick_gelu"] = bool(quick_gelu)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

@@ -364,6 +364,12 @@ class _Recipe:
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def begin_eval(self) -> None:
+        """Called (under no_grad) before an evaluation pass: cache what does not depend on the images."""
+
+    def end_eval(self) -> None:
+        pass
+
     def drift(self) -> list[torch.Tensor]:
         """Tensors whose squared norm is the L2-SP penalty (fine-tuned minus initial weights)."""
         return [p - self.t.init_params[n] for n, p in self.named_parameters() if n in self.t.init_params]
@@ -453,10 +459,19 @@ class FLYP(_Recipe):
         target = target / target.sum(1, keepdim=True)
         return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)), z
 
+    def begin_eval(self):
+        t = self.t
+        self._eval_text = class_text_embeddings(t.model, t.tokens, t.n_templates, t.n_classes)
+
+    def end_eval(self):
+        self._eval_text = None
+
     def logits(self, x):
         t = self.t
-        w = t.model.logit_scale.exp().float() * class_text_embeddings(t.model, t.tokens, t.n_templates, t.n_classes)
-        return F.normalize(t.model.encode_image(x).float(), dim=-1) @ w.T
+        text = getattr(self, "_eval_text", None)
+        if text is None:
+            text = class_text_embeddings(t.model, t.tokens, t.n_templates, t.n_classes)
+        return t.model.logit_scale.exp().float() * F.normalize(t.model.encode_image(x).float(), dim=-1) @ text.T
 
 
 class LoRA(_Recipe):
@@ -469,7 +484,10 @@ class LoRA(_Recipe):
         self.blocks = lora_mod.apply_lora(t.model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_towers, targets,
                                           seed=cfg.seed)
         self.text_trains = cfg.lora_towers in ("text", "both")
-        self.fixed_text = None
+        self.fixed_text = self._eval_text = None
+        # training prompts: the template ensemble, or (many classes x templates) the first template only,
+        # as CLIP-LoRA encodes one prompt per class at every step
+        self.n_train_templates = t.n_templates if t.n_templates * t.n_classes <= 1024 else 1
         if not self.text_trains:
             with torch.no_grad():
                 self.fixed_text = class_text_embeddings(t.model, t.tokens, t.n_templates, t.n_classes)
@@ -480,11 +498,24 @@ class LoRA(_Recipe):
     def drift(self):
         return [m.delta() for m in self.t.model.modules() if isinstance(m, lora_mod.LoRAPair)]
 
-    def _text(self):
+    def _text(self, train: bool = True):
         t = self.t
         if self.fixed_text is not None:
             return self.fixed_text
-        return class_text_embeddings(t.model, t.tokens, t.n_templates, t.n_classes)
+        if not train:
+            if self._eval_text is not None:
+                return self._eval_text
+            return class_text_embeddings(t.model, t.tokens, t.n_templates, t.n_classes)
+        n = self.n_train_templates
+        return class_text_embeddings(t.model, t.tokens[: n * t.n_classes], n, t.n_classes)
+
+    def begin_eval(self):
+        if self.fixed_text is None:
+            t = self.t
+            self._eval_text = class_text_embeddings(t.model, t.tokens, t.n_templates, t.n_classes)
+
+    def end_eval(self):
+        self._eval_text = None
 
     def loss(self, x, y):
         z = self.t.model.encode_image(x)
@@ -493,7 +524,7 @@ class LoRA(_Recipe):
 
     def logits(self, x):
         return self.t.model.logit_scale.exp().float() * F.normalize(
-            self.t.model.encode_image(x).float(), dim=-1) @ self._text().T
+            self.t.model.encode_image(x).float(), dim=-1) @ self._text(train=False).T
 
     def export_state(self):
         return {k: v.detach().float().cpu().clone() if v.is_floating_point() else v.detach().cpu().clone()
@@ -588,10 +619,14 @@ class Trainer:
             return None
         self.model.eval()
         correct = 0
+        amp = {"device_type": self.device.split(":")[0], "dtype": self.amp or torch.float32, "enabled": self.amp is not None}
+        with torch.autocast(**amp):
+            recipe.begin_eval()
         for x, y in val.all(256):
-            with torch.autocast(self.device.split(":")[0], dtype=self.amp or torch.float32, enabled=self.amp is not None):
+            with torch.autocast(**amp):
                 logits = recipe.logits(x.to(self.device))
             correct += int((logits.argmax(1).cpu() == y).sum())
+        recipe.end_eval()
         self.model.train()
         return correct / len(val)
 
@@ -664,7 +699,7 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path = "finetune_runs", *, resu
     t = Trainer(cfg, Path(out_dir), catalogue, store)
     train, val = t.data()
     if cfg.recipe == "lp":
-        return _run_lp(t, train, val, t0)
+        return _run_lp(t, train, val, t0, resume, overwrite)
     state = _existing_state(t, resume, overwrite)
     reference = None
     if cfg.reg in ("feature", "ldifs"):  # the frozen zero-shot model, copied before any change
@@ -794,16 +829,20 @@ def _result(t: Trainer, recipe: _Recipe, cfg: FinetuneConfig, step: int, val_acc
     if cfg.recipe == "lora":
         adapter = t.adapter_path
     if export and not cached:
-        extra = {"lora_blocks": getattr(recipe, "blocks", None)} if cfg.recipe == "lora" else None
+        extra = {"train_seconds": round(time.time() - t0, 2)}
+        if cfg.recipe == "lora":
+            extra["lora_blocks"] = getattr(recipe, "blocks", None)
         _, fp = t.export(sd, head, head_init, step, val_acc, extra)
         if cfg.recipe == "lora":
             lora_mod.save_adapter(t.model, adapter, rank=cfg.lora_rank, alpha=cfg.lora_alpha, towers=cfg.lora_towers,
                                   meta={"base_fingerprint": t.base_fingerprint, "model": t.model_name,
-                                        "pretrained": t.pretrained, "oodbench_run": cfg.run_name})
+                                        "pretrained": t.pretrained, "oodbench_run": cfg.run_name},
+                                  quick_gelu=has_quick_gelu(t.model))
         info(f"{cfg.run_name}: wrote {t.ckpt_path}" + (f" and {adapter}" if adapter else "")
              + (f" (ID val accuracy {val_acc:.3f})" if val_acc is not None else ""))
     elif cached:
         info(f"[dim]cached[/] {cfg.run_name}: {t.ckpt_path}")
+        t0 = time.time() - float(describe_checkpoint(t.ckpt_path).get("train_seconds") or 0.0)
     return FinetuneResult(path=t.ckpt_path, config=cfg, model=t.model, head_weight=head[0], head_bias=head[1],
                           preprocess=t.preprocess, tokenizer=t.tokenizer, base_fingerprint=t.base_fingerprint,
                           fingerprint=fp, step=step, val_accuracy=val_acc, history=list(t.history),
@@ -811,11 +850,16 @@ def _result(t: Trainer, recipe: _Recipe, cfg: FinetuneConfig, step: int, val_acc
                           cached=cached)
 
 
-def _run_lp(t: Trainer, train: ImageSet, val: ImageSet | None, t0: float) -> FinetuneResult:
-    if t.ckpt_path.exists():
+def _run_lp(t: Trainer, train: ImageSet, val: ImageSet | None, t0: float, resume: bool = True,
+            overwrite: bool = False) -> FinetuneResult:
+    if t.ckpt_path.exists() and not overwrite:
         obj = torch.load(t.ckpt_path, map_location="cpu", weights_only=True)
         meta = obj.get("oodbench", {}) if isinstance(obj, dict) else {}
-        if meta.get("identity") == _jsonable(t.cfg.identity()) and meta.get("base_fingerprint") == t.base_fingerprint:
+        same = meta.get("identity") == _jsonable(t.cfg.identity()) and meta.get("base_fingerprint") == t.base_fingerprint
+        if not same:
+            raise OodbenchError(f"{t.ckpt_path} was written by another configuration or base model: pass --overwrite "
+                                "to replace it, or choose another --name / --out.")
+        if resume:
             info(f"[dim]cached[/] {t.cfg.run_name}: {t.ckpt_path}")
             sd = obj["state_dict"]
             w, b = sd["classification_head.weight"], sd["classification_head.bias"]
@@ -823,14 +867,15 @@ def _run_lp(t: Trainer, train: ImageSet, val: ImageSet | None, t0: float) -> Fin
             return FinetuneResult(path=t.ckpt_path, config=t.cfg, model=t.model.eval(), head_weight=w, head_bias=b,
                                   preprocess=t.preprocess, tokenizer=t.tokenizer, base_fingerprint=t.base_fingerprint,
                                   fingerprint=meta.get("fingerprint", ""), step=0, val_accuracy=meta.get("val_accuracy"),
-                                  seconds=round(time.time() - t0, 2), cached=True)
+                                  seconds=float(meta.get("train_seconds") or 0.0), cached=True)
     w, b = t.linear_probe(train, val)
     trial = next(r for r in t.lp_info["trials"] if r["C"] == t.lp_info["chosen_C"])
     val_acc = trial.get("val_accuracy")
     sd = {k: v.detach().float().cpu().clone() if v.is_floating_point() else v.detach().cpu().clone()
           for k, v in t.model.state_dict().items()}
     zs = zero_shot_head(t.model, t.tokens, t.n_templates, t.n_classes).cpu()
-    path, fp = t.export(sd, (w, b), (zs, torch.zeros(t.n_classes)), 0, val_acc)
+    path, fp = t.export(sd, (w, b), (zs, torch.zeros(t.n_classes)), 0, val_acc,
+                        {"train_seconds": round(time.time() - t0, 2)})
     info(f"lp: wrote {path}")
     return FinetuneResult(path=path, config=t.cfg, model=t.model.eval(), head_weight=w, head_bias=b,
                           preprocess=t.preprocess, tokenizer=t.tokenizer, base_fingerprint=t.base_fingerprint,

@@ -482,6 +482,8 @@ def adapt(path: Path, fmt: str = "auto", base: dict[str, torch.Tensor] | None = 
     ad.meta.setdefault("file", str(file))
     if fmt != detected:
         ad.meta["detected_format"] = detected
+    if isinstance(obj, dict) and isinstance(obj.get("quick_gelu"), bool):  # the file says what it was
+        ad.quick_gelu, ad.quick_gelu_reason = obj["quick_gelu"], "checkpoint's quick_gelu entry"
     if fmt in ("open_clip", "safetensors") and ad.quick_gelu is None:
         params = params_txt_hints(file)
         if params:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.special import expit, logsumexp, softmax
+from scipy.special import softmax
 
 from ..errors import OodbenchError
 from .base import Param, Scorer
-from .common import check_finite, chunk_rows, chunks, features, rowwise
+from .common import check_finite, chunk_rows, chunks, features, max_softmax, rowwise
 from .inputs import TextBank, l2_normalize
 from .registry import register_scorer
 
@@ -67,7 +67,7 @@ class MCM(Scorer):
         t = name_embeds(data.text_bank("classes"), self.templates).astype(np.float64)
         x = features(data, "embeds")
         return rowwise(
-            lambda r: softmax(np.asarray(x[r], np.float64) @ t.T / self.temperature, axis=1).max(1),
+            lambda r: max_softmax(np.asarray(x[r], np.float64) @ t.T / self.temperature),
             x.shape[0],
             chunk_rows(2 * t.shape[0]),
         )
@@ -169,9 +169,9 @@ def neglabel_score(
 
     def grouped(r):
         xr = np.asarray(x[r], np.float64)
-        lse_pos = logsumexp(xr @ pos64.T / temperature, axis=1)
-        sims = (xr @ neg64.T / temperature).reshape(xr.shape[0], ngroup, size)
-        return expit(lse_pos[:, None] - logsumexp(sims, axis=2)).mean(1)
+        lse_pos = torch.logsumexp(torch.from_numpy(xr @ pos64.T / temperature), dim=1)
+        sims = torch.from_numpy(xr @ neg64.T / temperature).reshape(xr.shape[0], ngroup, size)
+        return torch.sigmoid(lse_pos[:, None] - torch.logsumexp(sims, dim=2)).mean(1).numpy()
 
     return rowwise(grouped, x.shape[0], chunk_rows(2 * (m + pos.shape[0])))
 
@@ -311,7 +311,7 @@ class EOE(Scorer):
         c = pos.shape[0]
 
         def eoe(r):
-            p = softmax(np.asarray(x[r], np.float64) @ both.T / self.temperature, axis=1)
-            return p[:, :c].max(1) - self.beta * p[:, c:].max(1)
+            p = torch.softmax(torch.from_numpy(np.asarray(x[r], np.float64) @ both.T / self.temperature), dim=1)
+            return (p[:, :c].amax(1) - self.beta * p[:, c:].amax(1)).numpy()
 
         return rowwise(eoe, x.shape[0], chunk_rows(2 * both.shape[0]))

@@ -4,7 +4,6 @@ Residual. ``h``: (N, D) features; all scores are higher = more in-distribution."
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from ..console import info
 from ..errors import OodbenchError
@@ -13,11 +12,14 @@ from .common import (
     CHUNK_BYTES,
     chunk_rows,
     chunks,
-    class_means,
+    class_gaussian,
     energy,
     features,
     head_arrays,
     head_features,
+    lapack_single_thread,
+    memo,
+    pinv_hermitian,
     quad_forms,
     scatter,
     seeded_subset,
@@ -157,11 +159,10 @@ class NNGuide(Scorer):
         return e * guidance
 
 
-def _shared_precision(h: np.ndarray, labels: np.ndarray, who: str) -> tuple[np.ndarray, np.ndarray]:
+def _shared_precision(data, space: str, who: str) -> tuple[np.ndarray, np.ndarray]:
     """Class means (K, D) and the pseudo-inverse of the shared class-centred covariance."""
-    means, _, slot = class_means(h, labels, who, min_count=2)
-    cov = scatter(h, means=means, slot=slot) / int((slot >= 0).sum())
-    return means, np.linalg.pinv(cov, hermitian=True)
+    means, _, within, n_known = class_gaussian(data, space, who)
+    return means, pinv_hermitian(within / n_known)
 
 
 @register_scorer
@@ -179,9 +180,7 @@ class Mahalanobis(Scorer):
     params = {"feature": feature_param()}
 
     def fit(self, data) -> Mahalanobis:
-        self.means_, self.precision_ = _shared_precision(
-            features(data, self.feature), data.labels, self.name
-        )
+        self.means_, self.precision_ = _shared_precision(data, self.feature, self.name)
         self.fitted_ = True
         return self
 
@@ -209,13 +208,15 @@ class RMDS(Scorer):
     params = {"feature": feature_param()}
 
     def fit(self, data) -> RMDS:
-        h = features(data, self.feature)
-        self.means_, self.precision_ = _shared_precision(h, data.labels, self.name)
-        known = np.asarray(data.labels) >= 0
-        hk = h if known.all() else h[known]
-        self.mean0_ = hk.mean(0, dtype=np.float64)
-        cov0 = scatter(hk, center=self.mean0_) / hk.shape[0]
-        self.precision0_ = np.linalg.pinv(cov0, hermitian=True)
+        means, slot, within, n_known = class_gaussian(data, self.feature, self.name)
+        self.means_, self.precision_ = means, pinv_hermitian(within / n_known)
+        # the background Gaussian of all labelled rows: its scatter is the within-class scatter
+        # plus the between-class scatter (one pass over the train split, not two)
+        counts = np.bincount(slot[slot >= 0], minlength=means.shape[0]).astype(np.float64)
+        self.mean0_ = counts @ means / n_known
+        dev = means - self.mean0_
+        cov0 = (within + (dev.T * counts) @ dev) / n_known
+        self.precision0_ = pinv_hermitian(cov0)
         self.fitted_ = True
         return self
 
@@ -230,12 +231,26 @@ class RMDS(Scorer):
         return out
 
 
-def residual_space(h: np.ndarray, u: np.ndarray, dim: int) -> np.ndarray:
-    """(D, D - dim) eigenvectors of the (uncentred) covariance of h - u beyond the top ``dim``."""
+def centred_eigh(h: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigen-decomposition of the (uncentred) covariance of h - u."""
     cov = scatter(h, center=u) / h.shape[0]
-    eigval, eigvec = np.linalg.eigh(cov)
+    with lapack_single_thread():
+        return np.linalg.eigh(cov)
+
+
+def residual_space(h: np.ndarray, u: np.ndarray, dim: int, eig=None) -> np.ndarray:
+    """(D, D - dim) eigenvectors of the (uncentred) covariance of h - u beyond the top ``dim``.
+
+    ``eig``: its (eigenvalues, eigenvectors) if already computed (see :func:`centred_eigh`)."""
+    eigval, eigvec = eig if eig is not None else centred_eigh(h, u)
     order = np.argsort(eigval)[::-1]
     return np.ascontiguousarray(eigvec[:, order[dim:]])
+
+
+def _head_eigh(data, h: np.ndarray, u: np.ndarray):
+    """:func:`centred_eigh` of the head features, shared by ViM and Residual on one split."""
+    key = ("centred_eigh", data.require_head().input, u.tobytes())
+    return memo(data, key, lambda: centred_eigh(h, u))
 
 
 def residual_norm(h: np.ndarray, u: np.ndarray, ns: np.ndarray) -> np.ndarray:
@@ -248,7 +263,11 @@ def residual_norm(h: np.ndarray, u: np.ndarray, ns: np.ndarray) -> np.ndarray:
 
 def _origin(data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     w, b = head_arrays(data)
-    u = -np.linalg.pinv(w) @ b if b.any() else np.zeros(w.shape[1])  # zero-shot heads have b = 0
+    if b.any():
+        with lapack_single_thread():
+            u = -np.linalg.pinv(w) @ b
+    else:
+        u = np.zeros(w.shape[1])  # zero-shot heads have b = 0
     return w, b, u
 
 
@@ -285,7 +304,7 @@ class ViM(Scorer):
                 f"use --param vim.dim=N with N < {h.shape[1]}."
             )
         w, b, self.u_ = _origin(data)
-        self.ns_ = residual_space(h, self.u_, dim)
+        self.ns_ = residual_space(h, self.u_, dim, _head_eigh(data, h, self.u_))
         residual = residual_norm(h, self.u_, self.ns_)
         max_logit = np.concatenate(
             [
@@ -336,7 +355,7 @@ class Residual(Scorer):
         if self.dim_ != self.dim:
             info(f"residual: dim={self.dim} ≥ feature dimension {d}, using dim={self.dim_}")
         _, _, self.u_ = _origin(data)
-        self.ns_ = residual_space(h, self.u_, self.dim_)
+        self.ns_ = residual_space(h, self.u_, self.dim_, _head_eigh(data, h, self.u_))
         self.fitted_ = True
         return self
 

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.special import log_softmax, logsumexp, softmax
+import torch
+from scipy.special import logsumexp, softmax
 
 from ..console import warn
 from ..errors import OodbenchError
 from .base import Param, Scorer
-from .common import chunk_rows, chunks, energy, logits, rowwise
+from .common import (
+    as_float64_tensor,
+    chunk_rows,
+    chunks,
+    energy,
+    log_softmax64,
+    logits,
+    max_softmax,
+    rowwise,
+)
 from .registry import register_scorer
 
 
@@ -31,7 +41,7 @@ class MSP(Scorer):
     )
 
     def score(self, data) -> np.ndarray:
-        return _by_rows(logits(data), lambda z: softmax(z, axis=1).max(1))
+        return _by_rows(logits(data), max_softmax)
 
 
 @register_scorer
@@ -70,8 +80,8 @@ class Entropy(Scorer):
 
     def score(self, data) -> np.ndarray:
         def neg_entropy(z):
-            logp = log_softmax(z, axis=1)
-            return (np.exp(logp) * logp).sum(1)
+            logp = log_softmax64(z)
+            return (torch.exp(logp) * logp).sum(1).numpy()
 
         return _by_rows(logits(data), neg_entropy)
 
@@ -171,7 +181,7 @@ class TempScale(Scorer):
     def score(self, data) -> np.ndarray:
         self.check_fitted()
         t = self.temperature_
-        return _by_rows(logits(data), lambda z: softmax(z / t, axis=1).max(1))
+        return _by_rows(logits(data), lambda z: max_softmax(z, t))
 
 
 @register_scorer
@@ -197,9 +207,9 @@ class GEN(Scorer):
         g = self.gamma
 
         def gen(zc):
-            p = softmax(zc, axis=1)
-            top = np.partition(p, p.shape[1] - m, axis=1)[:, -m:]
-            return -(top**g * (1.0 - top) ** g).sum(1)
+            p = torch.softmax(as_float64_tensor(zc), dim=1)
+            top = p if m == p.shape[1] else torch.topk(p, m, dim=1, sorted=False).values
+            return (-(top**g * (1.0 - top) ** g).sum(1)).numpy()
 
         return _by_rows(z, gen)
 
@@ -239,11 +249,13 @@ class KLM(Scorer):
     def score(self, data) -> np.ndarray:
         self.check_fitted()
 
+        log_q = torch.from_numpy(np.ascontiguousarray(self.log_q_, dtype=np.float64))
+
         def neg_min_kl(zc):
-            logp = log_softmax(zc, axis=1)
-            p = np.exp(logp)
-            kl = (p * logp).sum(1, keepdims=True) - p @ self.log_q_.T
-            return -kl.min(1)
+            logp = log_softmax64(zc)
+            p = torch.exp(logp)
+            kl = (p * logp).sum(1, keepdim=True) - p @ log_q.T
+            return (-kl.amin(1)).numpy()
 
         z = logits(data)
         return rowwise(

@@ -16,12 +16,12 @@ All scores: higher = more in-distribution.
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import log_softmax, softmax
+from threadpoolctl import threadpool_limits
 
 from ..errors import OodbenchError
 from .base import Param, Scorer
 from .clip import MCM, _templates_param, name_embeds
-from .common import check_finite, chunk_rows, features, logits, rowwise
+from .common import check_finite, chunk_rows, features, log_softmax64, logits, max_softmax, rowwise
 from .inputs import Inputs, l2_normalize
 from .registry import register_scorer
 
@@ -30,7 +30,7 @@ from .registry import register_scorer
 
 def mcm_from_cos(cos: np.ndarray, temperature: float) -> np.ndarray:
     """max_c softmax(cos / T) of an (N, C) cosine matrix, in float64."""
-    return softmax(np.asarray(cos, np.float64) / temperature, axis=1).max(1)
+    return max_softmax(cos, temperature)
 
 
 def extracted_blocks(data: Inputs) -> list[int]:
@@ -104,7 +104,7 @@ def reference_inputs(data: Inputs, who: str) -> Inputs:
 
 
 def _posteriors(z: np.ndarray, temperature: float) -> np.ndarray:
-    return log_softmax(np.asarray(z, np.float64) / temperature, axis=1)
+    return log_softmax64(z, temperature).numpy()
 
 
 # ----------------------------------------------------------------------------- layer-wise MCM
@@ -216,7 +216,13 @@ class TextResidual(Scorer):
         return name_embeds(bank, self.templates)
 
     def score(self, data) -> np.ndarray:
-        basis, mu = text_basis(self.text_rows(data), self.rank, self.centre)
+        bank = data.text_bank("classes")
+        memo = self.__dict__.get("_basis")
+        if memo is None or memo[0] is not bank:  # one SVD per sweep, not one per split
+            with threadpool_limits(1, user_api="blas"):  # LAPACK: no thread fight with torch
+                memo = (bank, text_basis(self.text_rows(data), self.rank, self.centre))
+            self.__dict__["_basis"] = memo
+        basis, mu = memo[1]
         x = features(data, "embeds")
 
         def part(r):

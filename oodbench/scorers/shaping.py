@@ -9,7 +9,7 @@ expect them to degrade there: ``relu_assumption = True``). Higher = more in-dist
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import softmax
+import torch
 
 from ..errors import OodbenchError
 from .base import Param, Scorer
@@ -51,10 +51,21 @@ def _kept(d: int, p: float) -> int:
 
 
 def _top_mask(h: np.ndarray, k: int) -> np.ndarray:
-    """Boolean (n, D) mask of the k largest entries of each row."""
-    idx = np.argpartition(-h, k - 1, axis=1)[:, :k]
-    mask = np.zeros(h.shape, bool)
-    np.put_along_axis(mask, idx, True, axis=1)
+    """Boolean (n, D) mask of the k largest entries of each row.
+
+    h >= the row's k-th largest value (torch's multithreaded kthvalue); rows where that value
+    is tied with an entry left out choose among the ties as ``np.argpartition`` does."""
+    n, d = h.shape
+    if k >= d:
+        return np.ones(h.shape, bool)
+    kth = torch.kthvalue(torch.from_numpy(np.ascontiguousarray(h)), d - k + 1, dim=1).values.numpy()
+    mask = h >= kth[:, None]
+    tied = mask.sum(1) != k
+    if tied.any():
+        idx = np.argpartition(-h[tied], k - 1, axis=1)[:, :k]
+        sub = np.zeros((idx.shape[0], d), bool)
+        np.put_along_axis(sub, idx, True, axis=1)
+        mask[tied] = sub
     return mask
 
 
@@ -224,7 +235,7 @@ class GradNorm(Scorer):
 
         def gradnorm(r):
             x = np.asarray(h[r], np.float64)
-            p = softmax((x @ w.T + b) / t, axis=1)
+            p = torch.softmax(torch.from_numpy((x @ w.T + b) / t), dim=1).numpy()
             return np.abs(x).sum(1) * np.abs(n_cls * p - 1.0).sum(1) / t
 
         return rowwise(gradnorm, h.shape[0], chunk_rows(2 * w.shape[0] + h.shape[1]))

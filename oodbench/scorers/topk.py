@@ -53,7 +53,7 @@ def _row_norms(x: torch.Tensor) -> torch.Tensor:
     out = torch.empty(x.shape[0], dtype=torch.float64)
     step = max(1, (32 * 2**20) // max(1, 8 * x.shape[1]))
     for s in range(0, x.shape[0], step):
-        out[s : s + step] = torch.linalg.vector_norm(x[s : s + step].double(), dim=1)
+        out[s : s + step] = x[s : s + step].double().square().sum(1).sqrt()
     return out
 
 
@@ -62,9 +62,7 @@ def _diff_norms(x: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
     out = torch.empty(x.shape[0], dtype=torch.float64)
     step = max(1, (32 * 2**20) // max(1, 8 * x.shape[1]))
     for s in range(0, x.shape[0], step):
-        out[s : s + step] = torch.linalg.vector_norm(
-            xb[s : s + step].double() - x[s : s + step].double(), dim=1
-        )
+        out[s : s + step] = (xb[s : s + step].double() - x[s : s + step].double()).square().sum(1).sqrt()
     return out
 
 
@@ -97,6 +95,71 @@ def bf16_matmul_accumulates_in_fp32() -> bool:
     return _BF16_OK
 
 
+def _group_max(x: torch.Tensor, g: int) -> tuple[int, int, torch.Tensor]:
+    """(w, main, (n, w + tail) maxima): group c < w holds columns c, c + w, ..., c + (g-1) w of
+    ``x``; columns from ``main = g w`` on are single-column groups w, w + 1, ..."""
+    n, cols = x.shape
+    w = cols // g
+    main = g * w
+    if g == 1:
+        return cols, cols, x
+    out = torch.as_strided(x, (n, g, w), (x.stride(0), w, 1)).amax(dim=1)
+    if main < cols:
+        out = torch.cat([out, x[:, main:]], dim=1)
+    return w, main, out
+
+
+def _expand(table: torch.Tensor, thr: torch.Tensor, gi: torch.Tensor, gc: torch.Tensor, w: int, main: int,
+            g: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Columns of ``table`` in the candidate groups (gi, gc) (see :func:`_group_max`) whose
+    value is >= thr[row], as (rows, cols), in the order of the groups."""
+    if g == 1:
+        return gi, gc
+    t = torch.arange(g)
+    if main == table.shape[1]:  # no tail columns
+        cols = gc[:, None] + w * t[None, :]
+        keep = table[gi[:, None], cols].float() >= thr[gi][:, None]
+        return gi[:, None].expand_as(cols)[keep], cols[keep]
+    is_main = gc < w
+    cols = torch.where(is_main[:, None], gc[:, None] + w * t[None, :], (gc - w + main)[:, None])
+    rows = gi[:, None].expand_as(cols)
+    keep = table[rows, cols].float() >= thr[gi][:, None]
+    keep &= is_main[:, None] | (t[None, :] == 0)
+    return rows[keep], cols[keep]
+
+
+def _products_by_index(q: torch.Tensor, bank: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(n, m) float32 <q_i, bank[labels[i, j]]>, -inf where labels is -1 (exact float32 dots).
+
+    faiss's ``fvec_inner_products_by_idx`` (no copy of the bank, OpenMP) when faiss is
+    installed; else blocked gathers and a batched product in torch.
+    """
+    n, m = labels.shape
+    d = q.shape[1]
+    try:
+        import faiss
+    except ImportError:
+        faiss = None
+    if faiss is not None and hasattr(faiss, "fvec_inner_products_by_idx"):
+        qn = np.ascontiguousarray(q.numpy(), dtype=np.float32)
+        bn = bank.numpy()
+        ln = np.ascontiguousarray(labels.numpy())
+        ip = np.empty((n, m), np.float32)
+        faiss.fvec_inner_products_by_idx(
+            faiss.swig_ptr(ip), faiss.swig_ptr(qn), faiss.swig_ptr(bn), faiss.swig_ptr(ln), d, n, m
+        )
+        return torch.from_numpy(ip)
+    out = torch.empty(n, m, dtype=torch.float32)
+    step = max(1, RERANK_BUDGET // max(1, 4 * d * m))
+    for s in range(0, n, step):
+        lab = labels[s : s + step]
+        valid = lab >= 0
+        rows = bank[torch.where(valid, lab, torch.zeros_like(lab))]
+        vals = torch.bmm(rows, q[s : s + step, :, None]).squeeze(2)
+        out[s : s + step] = torch.where(valid, vals, torch.full_like(vals, -math.inf))
+    return out
+
+
 class InnerProductIndex:
     """Exact top-k inner products of queries against a fixed float32 bank (see module doc)."""
 
@@ -108,6 +171,7 @@ class InnerProductIndex:
         use_bf16 = method == "bf16" or (method == "auto" and n >= EXACT_BELOW)
         self.method = "bf16" if use_bf16 and bf16_matmul_accumulates_in_fp32() else "exact"
         self.stats = {"queries": 0, "candidates": 0, "fallback_rows": 0}
+        self._buf: torch.Tensor | None = None  # reused (query chunk x bank) bf16 output
         if self.method == "bf16":
             self.bank_bf = self.bank.to(torch.bfloat16)
             self.norm_max = float(_row_norms(self.bank).max())
@@ -124,32 +188,30 @@ class InnerProductIndex:
         return out
 
     # -- bf16 candidate search + float32 re-rank ------------------------------------------------
-    def _groups(self, k: int) -> int:
+    def _groups(self, k: int) -> tuple[int, int]:
+        """Group sizes of the two max-reduction levels (8 x 4 = 32 columns per top group),
+        smaller for small banks so that at least 4k top groups remain."""
         n_bank = self.bank.shape[0]
-        g = 32
-        while g > 1 and n_bank // g < 4 * k:
-            g //= 2
-        return g
+        g1 = 32
+        while g1 > 1 and n_bank // g1 < 4 * k:
+            g1 //= 2
+        g2 = 1  # a second level (e.g. 8 x 4) gathers less but runs more small ops: slower here
+        return g1, g2
 
-    def _search_chunk(self, q: torch.Tensor, k: int) -> torch.Tensor:
+    def _search_chunk(self, q: torch.Tensor, qb: torch.Tensor, norms, k: int, buf: torch.Tensor) -> torch.Tensor:
         n, d = q.shape
-        n_bank = self.bank.shape[0]
-        g = self._groups(k)
-        width = n_bank // g  # main part: columns [0, g * width) in g strided slices
-        main = g * width
-        qb = q.to(torch.bfloat16)
-        s = qb @ self.bank_bf.T  # (n, N) bf16
-        if g > 1:
-            view = torch.as_strided(s, (n, g, width), (s.stride(0), width, 1))
-            gmax = view.amax(dim=1)
-            if main < n_bank:
-                gmax = torch.cat([gmax, s[:, main:]], dim=1)
-        else:
-            gmax = s
-        gmax = gmax.float()
-        lower = torch.topk(gmax, k, dim=1, sorted=False).values.amin(1).double()  # <= k-th s~
-        rowmax = gmax.amax(1).double()
-        nq, nqb, dq = _row_norms(q), _row_norms(qb), _diff_norms(q, qb)
+        g1, g2 = self._groups(k)
+        s = buf[:n]
+        torch.matmul(qb, self.bank_bf.T, out=s)  # (n, N) bf16, into a reused buffer
+        # two levels of group maxima; a group is a set of columns g apart (strided slices:
+        # an elementwise max of g contiguous slices, fully vectorised); tail columns are
+        # single-column groups
+        w1, main1, gmax1 = _group_max(s, g1)
+        w2, main2, gmax2 = _group_max(gmax1, g2)
+        top = gmax2.float()
+        lower = torch.topk(top, k, dim=1, sorted=False).values.amin(1).double()  # <= k-th s~
+        rowmax = top.amax(1).double()
+        nq, nqb, dq = norms
         gam = _gamma(d)
         base = (dq * self.norm_hat_max + nq * self.err_max + gam * nqb * self.norm_hat_max
                 + gam * nq * self.norm_max)
@@ -158,50 +220,38 @@ class InnerProductIndex:
         thr = (lower - 2.0 * err).float()
         # float32 rounding of thr: step it down by one float32 ulp so the test stays conservative
         thr = torch.nextafter(thr, torch.full_like(thr, -math.inf))
-        # candidate groups, expanded to columns, filtered on s~
-        gi, gc = torch.nonzero(gmax >= thr[:, None], as_tuple=True)
-        is_main = gc < width
-        mi, mc = gi[is_main], gc[is_main]
-        cols = mc[:, None] + width * torch.arange(g)[None, :]  # (G, g)
-        rows = mi[:, None].expand_as(cols)
-        keep = s[rows, cols].float() >= thr[rows]
-        ci, cj = rows[keep], cols[keep]
-        if main < n_bank:
-            ti, tc = gi[~is_main], gc[~is_main] - width + main
-            keep_t = s[ti, tc].float() >= thr[ti]
-            ci, cj = torch.cat([ci, ti[keep_t]]), torch.cat([cj, tc[keep_t]])
+        # candidate top groups -> level-1 groups -> columns, each filtered on s~ >= thr
+        # (row-major throughout, so the candidates stay sorted by query row)
+        gi, gc = torch.nonzero(top >= thr[:, None], as_tuple=True)
+        gi, gc = _expand(gmax1, thr, gi, gc, w2, main2, g2)
+        ci, cj = _expand(s, thr, gi, gc, w1, main1, g1)
         return self._rerank(q, ci, cj, k)
 
     def _rerank(self, q: torch.Tensor, ci: torch.Tensor, cj: torch.Tensor, k: int) -> torch.Tensor:
-        """Top-k exact float32 products of each query row over its candidates (ci, cj)."""
+        """Top-k exact float32 products of each query row over its candidates (ci sorted)."""
         n, d = q.shape
-        order = torch.argsort(ci, stable=True)
-        ci, cj = ci[order], cj[order]
         counts = torch.bincount(ci, minlength=n)
         self.stats["candidates"] += int(ci.numel())
         out = torch.empty(n, k, dtype=torch.float32)
-        cap = max(8 * k, 4 * int(counts.float().median().item()) + k, 256)
+        cap = min(max(16 * k, 4096), self.bank.shape[0])
         big = counts > cap
         if bool(big.any()):  # near-ties / duplicates: those rows are searched exhaustively
             rows_big = torch.nonzero(big).flatten()
             out[rows_big] = self._exact(q[rows_big], k)
             self.stats["fallback_rows"] += int(rows_big.numel())
-        starts = torch.cumsum(counts, 0) - counts
-        small_rows = torch.nonzero(~big).flatten()
-        if small_rows.numel() == 0:
+            sel = ~big[ci]
+            ci, cj = ci[sel], cj[sel]
+            counts = torch.where(big, torch.zeros_like(counts), counts)
+        small = torch.nonzero(~big).flatten()
+        if small.numel() == 0:
             return out
-        c_max = int(counts[small_rows].max())
-        step = max(1, RERANK_BUDGET // max(1, 4 * d * c_max))
-        for s0 in range(0, small_rows.numel(), step):
-            rr = small_rows[s0 : s0 + step]
-            cnt = counts[rr]
-            pos = torch.arange(c_max)[None, :]
-            valid = pos < cnt[:, None]
-            idx = (starts[rr][:, None] + pos).clamp(max=max(0, ci.numel() - 1))
-            bank_idx = torch.where(valid, cj[idx], torch.zeros_like(idx))
-            vals = torch.bmm(self.bank[bank_idx], q[rr][:, :, None]).squeeze(2)
-            vals = torch.where(valid, vals, torch.full_like(vals, -math.inf))
-            out[rr] = torch.topk(vals, k, dim=1, sorted=True).values
+        starts = torch.cumsum(counts, 0) - counts
+        c_max = int(counts.max())
+        pos = torch.arange(ci.numel()) - starts[ci]
+        labels = torch.full((n, c_max), -1, dtype=torch.int64)
+        labels[ci, pos] = cj
+        ip = _products_by_index(q, self.bank, labels)  # (n, c_max), -inf where labels == -1
+        out[small] = torch.topk(ip[small], k, dim=1, sorted=True).values
         return out
 
     def search(self, queries: np.ndarray, k: int) -> np.ndarray:
@@ -216,6 +266,13 @@ class InnerProductIndex:
             out[:] = self._exact(q_all, k).double().numpy()
             return out
         step = max(1, S_BUDGET // max(1, 2 * n_bank))
+        if self._buf is None or self._buf.shape[0] < min(step, q_all.shape[0]):
+            self._buf = torch.empty(min(step, q_all.shape[0]), n_bank, dtype=torch.bfloat16)
+        qb_all = q_all.to(torch.bfloat16)
+        norms = (_row_norms(q_all), _row_norms(qb_all), _diff_norms(q_all, qb_all))
         for s in range(0, q_all.shape[0], step):
-            out[s : s + step] = self._search_chunk(q_all[s : s + step], k).double().numpy()
+            part = tuple(x[s : s + step] for x in norms)
+            out[s : s + step] = self._search_chunk(
+                q_all[s : s + step], qb_all[s : s + step], part, k, self._buf
+            ).double().numpy()
         return out
