@@ -43,6 +43,7 @@ def extract(model: str | None = None, pretrained: str | None = None, *, benchmar
             download: bool = False, datasets: list[str] | None = None, options: ExtractOptions | None = None,
             negatives: str | None = None, outliers: str | Path | None = None, templates: str | None = None,
             trust_pickle: bool = False, wise_alpha: float | None = None, wise_base: str | Path | None = None,
+            negative_words: tuple[str, str] = ("wordnet-nouns", "wordnet-adjectives"),
             **option_kwargs: Any) -> str:
     """Extract every split of ``benchmark`` (or only ``datasets``) for one model; returns its store key.
 
@@ -87,7 +88,7 @@ def extract(model: str | None = None, pretrained: str | None = None, *, benchmar
         else:
             write_text_bank(bundle, st, f"{bench.name}-classes", bench.classes, class_templates, options.device)
         if negatives:
-            write_negative_banks(bundle, st, bench, negatives, options.device)
+            write_negative_banks(bundle, st, bench, negatives, options.device, *negative_words)
         if outliers:
             from .negatives import load_corpus
 

@@ -100,6 +100,8 @@ def extract(
     local: Annotated[bool, typer.Option("--local", help="Projected patch embeddings (GL-MCM).")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing feature files.")] = False,
     negatives: Annotated[str | None, typer.Option("--negatives", help="Negative-label banks (WordNet 3.0): neglabel, csp or all.")] = None,
+    negative_nouns: Annotated[str, typer.Option("--negative-nouns", help="Noun candidates: a bundled corpus or a word file.")] = "wordnet-nouns",
+    negative_adjectives: Annotated[str, typer.Option("--negative-adjectives", help="Adjective candidates: a bundled corpus or a word file.")] = "wordnet-adjectives",
     outliers: Annotated[Path | None, typer.Option("--outliers", help="File of envisioned outlier labels (EOE), one per line.")] = None,
     templates: Annotated[str | None, typer.Option("--templates", help="Class prompt templates: single, openai_imagenet, simple_imagenet, file:PATH.")] = None,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow checkpoints that are pickled Python objects (runs their code).")] = False,
@@ -121,6 +123,7 @@ def extract(
         key = api.extract(model, pretrained, benchmark=benchmark, ckpt=ckpt, ckpt_format=ckpt_format, store=store,
                           benchmarks=benchmarks, data_root=data_root, download=download, datasets=dataset,
                           negatives=negatives, outliers=outliers, templates=templates, trust_pickle=trust_pickle,
+                          negative_words=(negative_nouns, negative_adjectives),
                           wise_alpha=alpha, wise_base=wise_base,
                           options=_options(batch_size, workers, device, precision, dtype, layers, local, overwrite))
         out.print(key)

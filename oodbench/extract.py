@@ -408,13 +408,15 @@ def write_context_bank(bundle, store: Store, bank: str, names: list[str], device
 NEGATIVE_SETS = ("neglabel", "csp", "all")
 
 
-def write_negative_banks(bundle, store: Store, benchmark, which: str, device: str = "cpu") -> list[Path]:
+def write_negative_banks(bundle, store: Store, benchmark, which: str, device: str = "cpu",
+                         nouns: str = "wordnet-nouns", adjectives: str = "wordnet-adjectives") -> list[Path]:
     """Text banks of NegLabel (``neglabel``) and/or CSP (``csp``) from the bundled WordNet 3.0 corpus.
 
     neglabel: ``classes_neglabel`` (ID labels, 'the nice {}'), ``negatives`` (nouns),
     ``negatives_adj`` (adjectives, 'This is a {} photo'); csp: ``classes_csp`` and
     ``negatives_csp_nouns`` (8 noun prompts, ensembled), ``negatives_csp`` (conjugated adjectives,
-    4 prompts, ensembled). Candidates equal to an ID class name are removed.
+    4 prompts, ensembled). Candidates equal to an ID class name are removed. ``nouns`` and
+    ``adjectives`` name a bundled corpus or a user word file (one word per line).
     """
     from . import negatives as ng
 
@@ -428,14 +430,14 @@ def write_negative_banks(bundle, store: Store, benchmark, which: str, device: st
     classes = list(benchmark.classes)
     if which in ("neglabel", "all"):
         bank("classes_neglabel", classes, ng.NEGLABEL_NOUN_TEMPLATES)
-        bank("negatives", ng.remove_id_overlap(ng.load_corpus("wordnet-nouns"), classes), ng.NEGLABEL_NOUN_TEMPLATES)
-        bank("negatives_adj", ng.remove_id_overlap(ng.load_corpus("wordnet-adjectives"), classes),
+        bank("negatives", ng.remove_id_overlap(ng.load_corpus(nouns), classes), ng.NEGLABEL_NOUN_TEMPLATES)
+        bank("negatives_adj", ng.remove_id_overlap(ng.load_corpus(adjectives), classes),
              ng.NEGLABEL_ADJECTIVE_TEMPLATES)
     if which in ("csp", "all"):
         excl = ng.CSP_EXCLUDED_LEXNAMES
         bank("classes_csp", classes, ng.CSP_NOUN_TEMPLATES, reduce=True)
-        nouns = ng.remove_id_overlap(ng.load_corpus("wordnet-nouns", exclude_lexnames=excl), classes)
-        bank("negatives_csp_nouns", nouns, ng.CSP_NOUN_TEMPLATES, reduce=True)
-        adjs = ng.load_corpus("wordnet-adjectives", exclude_lexnames=excl)
+        csp_nouns = ng.remove_id_overlap(ng.load_corpus(nouns, exclude_lexnames=excl), classes)
+        bank("negatives_csp_nouns", csp_nouns, ng.CSP_NOUN_TEMPLATES, reduce=True)
+        adjs = ng.load_corpus(adjectives, exclude_lexnames=excl)
         bank("negatives_csp", ng.conjugate(adjs), ng.CSP_ADJECTIVE_TEMPLATES, reduce=True)
     return out

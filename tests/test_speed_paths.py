@@ -148,7 +148,10 @@ def _probe_inputs(n=3000, n_cls=12, d=40, seed=6, cache_logits=False):
     return x
 
 
-def test_logit_blocks_and_predictions_match_whole_logits():
+def test_logit_blocks_and_predictions_match_whole_logits(monkeypatch):
+    from oodbench.scorers import common
+
+    monkeypatch.setattr(common, "LOGITS_KEEP_BYTES", 0)  # as for a 1.28M-row train split
     x = _probe_inputs()
     z = _probe_inputs().logits
     got = np.concatenate([b for _, b in logit_blocks(x, budget=10_000)])
@@ -157,7 +160,10 @@ def test_logit_blocks_and_predictions_match_whole_logits():
     assert "logits" not in x.__dict__  # never materialised
 
 
-def test_openmax_and_she_fit_by_blocks_equal_whole_logits():
+def test_openmax_and_she_fit_by_blocks_equal_whole_logits(monkeypatch):
+    from oodbench.scorers import common
+
+    monkeypatch.setattr(common, "LOGITS_KEEP_BYTES", 0)
     a = make_scorer("openmax").fit(_probe_inputs())
     b = make_scorer("openmax").fit(_probe_inputs(cache_logits=True))
     np.testing.assert_allclose(a.mavs_, b.mavs_, rtol=1e-12, atol=1e-12)

@@ -16,19 +16,27 @@ runner = CliRunner()
 
 
 def test_negative_banks_feed_neglabel_and_csp(digits_store, tmp_path):
+    """NegLabel with the shipped WordNet nouns/adjectives; CSP's banks from user word files."""
     store = tmp_path / "s"
     shutil.copytree(digits_store["store"], store)
-    api.extract(benchmark="digits", store=store, negatives="all", layers="all", local=True, device="cpu")
+    api.extract(benchmark="digits", store=store, negatives="neglabel", layers="all", local=True, device="cpu")
     key = digits_store["key"]
-    banks = {p.stem for p in (Store(store).model_dir(key) / "text").glob("*.h5")}
-    assert {"digits-negatives", "digits-negatives_adj", "digits-classes_neglabel", "digits-classes_csp",
-            "digits-negatives_csp", "digits-negatives_csp_nouns"} <= banks
     arrays, attrs = read_h5(Store(store).text_path(key, "digits-negatives"))
     assert attrs["templates"] == ["the nice {}"] and arrays["embeds"].shape[1] > 60000
     assert "zero" not in attrs["names"]  # ID class names are removed from the candidates
-    recs = {r.method: r for r in api.score(["neglabel", "csp"], store=store)}
-    for r in recs.values():
-        assert auroc(r.id_scores, r.ood_scores["digits-5to9"]) > 0.8
+    nouns, adjs = tmp_path / "nouns.txt", tmp_path / "adjs.txt"
+    nouns.write_text("\n".join(["zero", "cat", "house", "river", "car", "tree", "seven", "lamp"] * 1) + "\n")
+    adjs.write_text("red\nwooden\nshiny\nold\n")
+    api.extract(benchmark="digits", store=store, negatives="csp", negative_words=(str(nouns), str(adjs)),
+                layers="all", local=True, device="cpu")
+    banks = {p.stem for p in (Store(store).model_dir(key) / "text").glob("*.h5")}
+    assert {"digits-negatives", "digits-negatives_adj", "digits-classes_neglabel", "digits-classes_csp",
+            "digits-negatives_csp", "digits-negatives_csp_nouns"} <= banks
+    _, csp = read_h5(Store(store).text_path(key, "digits-negatives_csp_nouns"))
+    assert "zero" not in csp["names"] and csp["templates"][0].startswith("ensemble of 8")
+    recs = {r.method: r for r in api.score(["neglabel", "csp"], store=store, params=["csp.ngroup=1"])}
+    assert auroc(recs["neglabel"].id_scores, recs["neglabel"].ood_scores["digits-5to9"]) > 0.8
+    assert np.isfinite(recs["csp"].id_scores).all()
 
 
 def test_wise_alphas_from_the_cli(tmp_path, monkeypatch):

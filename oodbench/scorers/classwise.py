@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 from scipy.optimize import brentq
 from scipy.special import logsumexp, softmax
 
@@ -21,6 +22,7 @@ from .common import (
     head_features,
     logit_blocks,
     logits,
+    logits64,
     predictions,
     rowwise,
 )
@@ -118,7 +120,7 @@ class FDBD(Scorer):
 
         def fdbd(r):
             x = np.asarray(h[r], np.float64)
-            z = x @ w.T + b
+            z = logits64(data, r)
             pred = z.argmax(1)
             zmax = z[np.arange(z.shape[0]), pred]
             boundary = (np.abs(zmax[:, None] - z) / self.denom_[pred]).sum(1)
@@ -155,7 +157,7 @@ class NCI(Scorer):
 
         def nci(r):
             x = np.asarray(h[r], np.float64)
-            pred = (x @ w.T + b).argmax(1)
+            pred = logits64(data, r).argmax(1)
             c = x - self.mean_
             proj = np.einsum("nd,nd->n", w[pred], c) / np.maximum(np.linalg.norm(c, axis=1), 1e-12)
             return proj + self.alpha * np.abs(x).sum(1)
@@ -315,13 +317,12 @@ class OpenMax(Scorer):
                 ),
                 0.0,
             )
-            omega = np.zeros_like(x)
-            np.put_along_axis(omega, top, ws * weights, axis=1)
-            revised = x * (1.0 - omega)
-            unknown = (x * omega).sum(1)
-            full = np.concatenate([revised, unknown[:, None]], axis=1)
-            mx = full.max(1, keepdims=True)
-            log_p_unknown = unknown - (mx[:, 0] + np.log(np.exp(full - mx).sum(1)))
-            return -np.expm1(log_p_unknown)
+            omega = ws * weights  # the revision weights of the top-alpha classes (0 elsewhere)
+            x_top = np.take_along_axis(x, top, 1)
+            unknown = (x_top * omega).sum(1)
+            revised = x.copy()
+            np.put_along_axis(revised, top, x_top * (1.0 - omega), axis=1)
+            lse = np.logaddexp(torch.logsumexp(torch.from_numpy(revised), dim=1).numpy(), unknown)
+            return -np.expm1(unknown - lse)  # 1 - p_unknown, p over [revised logits, unknown]
 
         return rowwise(openmax, z.shape[0], chunk_rows(4 * alpha * z.shape[1]))

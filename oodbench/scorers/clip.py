@@ -77,9 +77,8 @@ def local_max_softmax(z: np.ndarray, t: np.ndarray, temperature: float) -> np.nd
     """max over patches p and classes c of softmax_c(<z_p, t_c> / T), for (n, P, D) unit patch
     embeddings and (C, D) unit text embeddings.
 
-    max_c softmax_c(s / T) = 1 / sum_c exp((s_c - max s) / T). For T >= 0.1 the similarities and
-    exponentials run in float32 (relative error ~1e-6, far below any score gap), smaller T
-    keeps float64 (the error of s is divided by T).
+    For T >= 0.1 the similarities and the softmax run in float32 (relative error ~1e-6, far
+    below any score gap); smaller T keeps float64 (the error of s is divided by T).
     """
     n, p, d = z.shape
     if temperature < 0.1:
@@ -88,11 +87,10 @@ def local_max_softmax(z: np.ndarray, t: np.ndarray, temperature: float) -> np.nd
     sims = torch.from_numpy(np.ascontiguousarray(z.reshape(n * p, d))) @ torch.from_numpy(
         np.ascontiguousarray(t, dtype=np.float32)
     ).T
-    sims -= sims.amax(1, keepdim=True)
-    sims *= 1.0 / temperature
-    torch.exp_(sims)
-    best = 1.0 / sims.sum(1, dtype=torch.float64)
-    return best.reshape(n, p).amax(1).numpy()
+    if temperature != 1.0:
+        sims *= 1.0 / temperature
+    best = torch.softmax(sims, dim=1).amax(1)  # torch's fused row softmax kernel
+    return best.reshape(n, p).amax(1).double().numpy()
 
 
 @register_scorer
@@ -165,12 +163,25 @@ def neglabel_score(
         )
     size = m // ngroup
     perm = np.random.default_rng(seed).permutation(size * ngroup) if ngroup > 1 else np.arange(m)
-    pos64, neg64 = pos.astype(np.float64), neg[perm].astype(np.float64)
+    pos64 = torch.from_numpy(np.ascontiguousarray(pos, dtype=np.float64))
+    neg64 = torch.from_numpy(np.ascontiguousarray(neg[perm], dtype=np.float64))
+    # |cos / T| <= bound: when exp cannot overflow float64, sum the exponentials directly
+    # (e^a / (e^a + e^b) = expit(a - b)); else the max-shifted log-sum-exp form
+    norm = float(np.sqrt(np.einsum("nd,nd->n", x, x, dtype=np.float64).max(initial=0.0)))
+    bound = max(norm, 1.0) * float(max(torch.linalg.vector_norm(pos64, dim=1).max(),
+                                       torch.linalg.vector_norm(neg64, dim=1).max())) / temperature
+    direct = bound < 600.0 and norm <= 1.0 + 1e-3  # unit image embeddings (the ``embeds`` space)
 
     def grouped(r):
-        xr = np.asarray(x[r], np.float64)
-        lse_pos = torch.logsumexp(torch.from_numpy(xr @ pos64.T / temperature), dim=1)
-        sims = torch.from_numpy(xr @ neg64.T / temperature).reshape(xr.shape[0], ngroup, size)
+        xr = torch.from_numpy(np.ascontiguousarray(x[r], dtype=np.float64))
+        sp = (xr @ pos64.T).div_(temperature)
+        sn = (xr @ neg64.T).div_(temperature)
+        if direct:
+            e_pos = sp.exp_().sum(1, keepdim=True)
+            e_neg = sn.exp_()[:, : ngroup * size].reshape(xr.shape[0], ngroup, size).sum(2)
+            return (e_pos / (e_pos + e_neg)).mean(1).numpy()
+        lse_pos = torch.logsumexp(sp, dim=1)
+        sims = sn.reshape(xr.shape[0], ngroup, size)
         return torch.sigmoid(lse_pos[:, None] - torch.logsumexp(sims, dim=2)).mean(1).numpy()
 
     return rowwise(grouped, x.shape[0], chunk_rows(2 * (m + pos.shape[0])))

@@ -15,6 +15,11 @@ CHUNK_BYTES = 256 * 2**20
 """Budget for one chunk's largest temporary (e.g. a queries x bank similarity block)."""
 
 
+LOGITS_KEEP_BYTES = 1 << 30
+"""A split's logits are kept (``data.logits``) when they fit in this; bigger ones (a 1.28M-row
+train split: 5 GB) are recomputed by row blocks where needed."""
+
+
 def check_finite(x: np.ndarray, ids=None, what: str = "features") -> np.ndarray:
     """Return ``x`` unchanged, or raise naming the samples (rows) that hold NaN or inf.
 
@@ -62,7 +67,12 @@ def logit_blocks(data, budget: int = CHUNK_BYTES // 4) -> Iterator[tuple[slice, 
     blocks so that a big split (a 1.28M-row train split has 5 GB of logits) is never
     materialised whole.
     """
-    if "logits" in getattr(data, "__dict__", {}):
+    cached = "logits" in getattr(data, "__dict__", {})
+    if not cached and hasattr(type(data), "logits"):
+        # small enough: compute them once and keep them on ``data`` for every later scorer
+        n_rows = len(head_features(data))
+        cached = n_rows * data.require_head().num_classes * 4 <= LOGITS_KEEP_BYTES
+    if cached:
         z = data.logits
         for rows in chunks(z.shape[0], chunk_rows(z.shape[1], 4, budget)):
             yield rows, z[rows]
@@ -71,6 +81,28 @@ def logit_blocks(data, budget: int = CHUNK_BYTES // 4) -> Iterator[tuple[slice, 
     head = data.require_head()
     for rows in chunks(h.shape[0], chunk_rows(head.num_classes, 4, budget)):
         yield rows, head.logits(h[rows]).astype(np.float32)
+
+
+def logits64(data, rows: slice) -> np.ndarray:
+    """float64 logits h W^T + b of ``rows`` of the head features.
+
+    The whole split's are computed once and kept on ``data`` (shared by fDBD, NCI, GradNorm,
+    ViM and NNGuide) when they fit in ``LOGITS_KEEP_BYTES // 2``; else computed per call."""
+    h = head_features(data)
+    w, b = head_arrays(data)
+    if h.shape[0] * w.shape[0] * 8 > LOGITS_KEEP_BYTES // 2:
+        return np.asarray(h[rows], np.float64) @ w.T + b
+
+    def compute():
+        wt, bt = torch.from_numpy(w), torch.from_numpy(b)
+        out = torch.empty((h.shape[0], w.shape[0]), dtype=torch.float64)
+        for r in chunks(h.shape[0], chunk_rows(w.shape[0] + h.shape[1], budget=CHUNK_BYTES // 4)):
+            x = torch.from_numpy(np.ascontiguousarray(h[r], dtype=np.float64))
+            torch.addmm(bt, x, wt.T, out=out[r])
+        return out.numpy()
+
+    head = data.require_head()
+    return memo(data, ("logits64", head.name, head.input, id(head.weight)), compute)[rows]
 
 
 def predictions(data) -> np.ndarray:

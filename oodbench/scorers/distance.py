@@ -18,6 +18,7 @@ from .common import (
     head_arrays,
     head_features,
     lapack_single_thread,
+    logits64,
     memo,
     pinv_hermitian,
     quad_forms,
@@ -153,7 +154,7 @@ class NNGuide(Scorer):
         h = head_features(data).astype(np.float64)
         w, b = head_arrays(data)
         e = np.concatenate(
-            [energy(h[r] @ w.T + b) for r in chunks(h.shape[0], chunk_rows(w.shape[0]))]
+            [energy(logits64(data, r)) for r in chunks(h.shape[0], chunk_rows(w.shape[0]))]
         )
         guidance = topk_similarities(l2_normalize(h), self.bank_, self.k, _index_of(self)).mean(1)
         return e * guidance
@@ -322,7 +323,7 @@ class ViM(Scorer):
         w, b = head_arrays(data)
         e = np.concatenate(
             [
-                energy(np.asarray(h[r], np.float64) @ w.T + b)
+                energy(logits64(data, r))
                 for r in chunks(h.shape[0], chunk_rows(w.shape[0]))
             ]
         )

@@ -265,7 +265,7 @@ class GapMCM(Scorer):
         x = features(data, "embeds")
         if x.shape[0] == 0:
             raise OodbenchError("gap_mcm needs ID train images to estimate the image centroid; the split is empty.")
-        self.image_centroid_ = np.asarray(x, np.float64).mean(0)
+        self.image_centroid_ = x.mean(0, dtype=np.float64)  # no float64 copy of the split
         self.fitted_ = True
         return self
 

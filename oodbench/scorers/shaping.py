@@ -13,7 +13,7 @@ import torch
 
 from ..errors import OodbenchError
 from .base import Param, Scorer
-from .common import chunk_rows, energy, head_arrays, head_features, rowwise
+from .common import chunk_rows, energy, head_arrays, head_features, logits64, rowwise
 from .registry import register_scorer
 
 
@@ -235,7 +235,7 @@ class GradNorm(Scorer):
 
         def gradnorm(r):
             x = np.asarray(h[r], np.float64)
-            p = torch.softmax(torch.from_numpy((x @ w.T + b) / t), dim=1).numpy()
+            p = torch.softmax(torch.from_numpy(logits64(data, r) / t), dim=1).numpy()
             return np.abs(x).sum(1) * np.abs(n_cls * p - 1.0).sum(1) / t
 
         return rowwise(gradnorm, h.shape[0], chunk_rows(2 * w.shape[0] + h.shape[1]))
