@@ -171,7 +171,11 @@ def run_sweep(store: Path, methods: str, head: str, params: list[str], cold: boo
         shutil.rmtree(fitcache.cache_dir(scores), ignore_errors=True)
     cmd = [sys.executable, "-m", "oodbench", "score", "-b", BENCH, "--benchmarks", str(store / f"{BENCH}.yaml"),
            "--store", str(store), "-m", methods, "--model-key", meta["model_key"], "--head", head]
-    if meta.get("reference_key") and methods == "all":
+    from oodbench.scorers import get_scorer
+
+    if meta.get("reference_key") and (
+        methods == "all" or any("reference" in get_scorer(m).needs for m in methods.split(","))
+    ):
         cmd += ["--reference", meta["reference_key"]]
     for p in params:
         cmd += ["--param", p]
@@ -184,7 +188,17 @@ def run_sweep(store: Path, methods: str, head: str, params: list[str], cold: boo
     rc = os.waitstatus_to_exitcode(status)
     from oodbench.results import load_records
 
-    recs = {r.method: r for r in load_records(scores)} if rc == 0 else {}
+    # this run's records: one per method, the label carrying this run's --param overrides
+    want = {}
+    for p in params:
+        name, rest = p.split(".", 1)
+        want.setdefault(name, []).append(rest)
+    recs = {}
+    if rc == 0:
+        for r in load_records(scores):
+            label = r.method if r.method not in want else f"{r.method}({', '.join(sorted(want[r.method]))})"
+            if r.label == label and r.head == head and (methods == "all" or r.method in methods.split(",")):
+                recs[r.method] = r
     return {"cmd": " ".join(cmd), "rc": rc, "wall_s": wall, "rss_peak_mb": usage.ru_maxrss / 1024,
             "loadavg_before": la0, "loadavg_after": loadavg(), "records": recs,
             "tail": "\n".join(out.strip().splitlines()[-5:]) if rc else ""}
@@ -275,20 +289,23 @@ def reference_checks(store: Path, head_name: str, records: dict, params: list[st
             if m == "rmds":
                 mu0 = h.mean(0)
                 prec0 = np.linalg.pinv(np.cov(h.T, bias=True), hermitian=True)
-            ref = {}
-            for d, x in sub(space).items():
-                best = np.full(x.shape[0], -np.inf)
-                for i in range(len(classes)):
-                    diff = x - mu[i]
-                    best = np.maximum(best, -np.einsum("nd,de,ne->n", diff, prec, diff))
-                if m == "rmds":
-                    diff0 = x - mu0
-                    best = best + np.einsum("nd,de,ne->n", diff0, prec0, diff0)
-                ref[d] = best
+            xs = sub(space)
+            x = np.concatenate(list(xs.values()))
+            best = np.full(x.shape[0], -np.inf)
+            for i in range(len(classes)):  # one class at a time: (x - mu_c)^T P (x - mu_c)
+                diff = x - mu[i]
+                best = np.maximum(best, -((diff @ prec) * diff).sum(1))
+            if m == "rmds":
+                diff0 = x - mu0
+                best = best + ((diff0 @ prec0) * diff0).sum(1)
+            bounds = np.cumsum([0] + [len(v) for v in xs.values()])
+            ref = {d: best[bounds[j] : bounds[j + 1]] for j, d in enumerate(xs)}
             compare(m, ref, "per-class loop, pinv of the shared covariance", rtol=1e-6)
         elif m in ("vim", "residual"):
             dim = int(overrides.get(m, {}).get("dim", 256 if m == "vim" else 512))
             h = train_feats(hf)
+            if m == "residual" and dim >= h.shape[1]:
+                dim = h.shape[1] // 2  # Residual's documented cap
             u = -np.linalg.pinv(w) @ b if b.any() else np.zeros(w.shape[1])
             cov = (h - u).T @ (h - u) / h.shape[0]
             ev, evec = np.linalg.eig(cov)  # OpenOOD uses eig on the covariance

@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import pickle
 import tarfile
 import urllib.request
-import os
 from pathlib import Path
 
 import numpy as np
