@@ -16,6 +16,7 @@ from ..errors import OodbenchError
 from .base import Param, Scorer
 from .common import (
     CHUNK_BYTES,
+    ELEMENTWISE_BYTES,
     chunk_rows,
     class_means,
     head_arrays,
@@ -325,4 +326,4 @@ class OpenMax(Scorer):
             lse = np.logaddexp(torch.logsumexp(torch.from_numpy(revised), dim=1).numpy(), unknown)
             return -np.expm1(unknown - lse)  # 1 - p_unknown, p over [revised logits, unknown]
 
-        return rowwise(openmax, z.shape[0], chunk_rows(4 * alpha * z.shape[1]))
+        return rowwise(openmax, z.shape[0], chunk_rows(4 * alpha * z.shape[1], budget=ELEMENTWISE_BYTES))

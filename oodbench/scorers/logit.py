@@ -11,6 +11,7 @@ from ..console import warn
 from ..errors import OodbenchError
 from .base import Param, Scorer
 from .common import (
+    ELEMENTWISE_BYTES,
     as_float64_tensor,
     chunk_rows,
     chunks,
@@ -26,7 +27,9 @@ from .registry import register_scorer
 def _by_rows(z: np.ndarray, fn) -> np.ndarray:
     """Apply ``fn`` (float64 (n, C) logits -> (n,) scores) over row chunks of ``z``."""
     return rowwise(
-        lambda r: fn(np.asarray(z[r], np.float64)), z.shape[0], chunk_rows(4 * z.shape[1])
+        lambda r: fn(np.asarray(z[r], np.float64)),
+        z.shape[0],
+        chunk_rows(4 * z.shape[1], budget=ELEMENTWISE_BYTES),
     )
 
 
@@ -261,5 +264,5 @@ class KLM(Scorer):
         return rowwise(
             lambda r: neg_min_kl(np.asarray(z[r], np.float64)),
             z.shape[0],
-            chunk_rows(4 * z.shape[1] + self.log_q_.shape[0]),
+            chunk_rows(4 * z.shape[1] + self.log_q_.shape[0], budget=ELEMENTWISE_BYTES),
         )
