@@ -66,6 +66,10 @@ def extract(model: str | None = None, pretrained: str | None = None, *, benchmar
         raise OodbenchError(f"Benchmark {benchmark!r} names no model: pass --model.")
     options = options or ExtractOptions(**option_kwargs)
     options.device = check_device(options.device)
+    from .decode import DECODERS
+
+    if options.decode not in DECODERS:
+        raise OodbenchError(f"decode must be one of {', '.join(DECODERS)}; got {options.decode!r}.")
     from .distributed import dist_info, init_from_env
 
     options.device = init_from_env(options.device)
@@ -77,6 +81,10 @@ def extract(model: str | None = None, pretrained: str | None = None, *, benchmar
     sources = {d: cat.source(d, data_root, download) for d in names}  # validate data before the model
     bundle = load_model(model, pretrained, ckpt, ckpt_format, device=options.device, trust_pickle=trust_pickle,
                         wise_alpha=wise_alpha, wise_base=wise_base)
+    if options.decode == "device":  # refuse a preprocess it cannot reproduce before writing anything
+        from .decode import TensorPreprocess
+
+        TensorPreprocess.from_transform(bundle.preprocess)
     st = Store(store or default_store())
     if rank == 0:
         write_model_info(bundle, st)

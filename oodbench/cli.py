@@ -71,11 +71,11 @@ def _plugins(paths: list[Path] | None) -> None:
         load_plugin(p)
 
 
-def _options(batch_size, workers, device, precision, dtype, layers, local, overwrite):
+def _options(batch_size, workers, device, precision, dtype, layers, local, overwrite, decode="pil"):
     from .extract import ExtractOptions
 
     return ExtractOptions(batch_size=batch_size, workers=workers, device=device, precision=precision,
-                          dtype=dtype, layers=layers, local=local, overwrite=overwrite)
+                          dtype=dtype, layers=layers, local=local, overwrite=overwrite, decode=decode)
 
 
 @app.command()
@@ -99,6 +99,7 @@ def extract(
     layers: Annotated[str | None, typer.Option("--layers", help="Per-layer CLS tokens: 'all' or '3,7,11'.")] = None,
     local: Annotated[bool, typer.Option("--local", help="Projected patch embeddings (GL-MCM).")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing feature files.")] = False,
+    decode: Annotated[str, typer.Option("--decode", help="JPEG decoding: pil (workers) or device (nvJPEG on CUDA; see README).")] = "pil",
     negatives: Annotated[str | None, typer.Option("--negatives", help="Negative-label banks (WordNet 3.0): neglabel, csp or all.")] = None,
     negative_nouns: Annotated[str, typer.Option("--negative-nouns", help="Noun candidates: a bundled corpus or a word file.")] = "wordnet-nouns",
     negative_adjectives: Annotated[str, typer.Option("--negative-adjectives", help="Adjective candidates: a bundled corpus or a word file.")] = "wordnet-adjectives",
@@ -125,7 +126,8 @@ def extract(
                           negatives=negatives, outliers=outliers, templates=templates, trust_pickle=trust_pickle,
                           negative_words=(negative_nouns, negative_adjectives),
                           wise_alpha=alpha, wise_base=wise_base,
-                          options=_options(batch_size, workers, device, precision, dtype, layers, local, overwrite))
+                          options=_options(batch_size, workers, device, precision, dtype, layers, local, overwrite,
+                                           decode))
         out.print(key)
 
 

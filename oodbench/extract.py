@@ -38,6 +38,7 @@ class ExtractOptions:
     layers: str | None = None  # None, "all" or comma-separated block indices
     local: bool = False  # projected patch embeddings (float16)
     overwrite: bool = False
+    decode: str = "pil"  # pil (Pillow in the workers) | device (JPEGs decoded on --device)
 
     def autocast_dtype(self) -> torch.dtype | None:
         p = self.precision
@@ -47,8 +48,11 @@ class ExtractOptions:
 
     def identity(self) -> dict:
         """Options that change the stored numbers (and so must match to resume or reuse)."""
-        return {"dtype": self.dtype, "layers": self.layers, "local": self.local,
-                "precision": str(self.autocast_dtype())}
+        out = {"dtype": self.dtype, "layers": self.layers, "local": self.local,
+               "precision": str(self.autocast_dtype())}
+        if self.decode != "pil":  # absent for the default, so older stores keep their identity
+            out["decode"] = self.decode
+        return out
 
 
 class VisualFeatures(torch.nn.Module):
@@ -304,10 +308,18 @@ def _run(net, source, preprocess, writer: FeatureWriter, options: ExtractOptions
     ids, labels = source.ids(), source.labels()
     device = options.device
     cuda = device.startswith("cuda")
+    if options.decode == "device":
+        from .decode import EncodedImages, TensorPreprocess, collate, decode_batch
+
+        tp = TensorPreprocess.from_transform(preprocess)
+        dataset_ = EncodedImages(source, preprocess, start, image_size)
+        extra = {"collate_fn": collate}
+    else:
+        dataset_, extra = _Images(source, preprocess, start, image_size), {}
     loader = torch.utils.data.DataLoader(
-        _Images(source, preprocess, start, image_size), batch_size=options.batch_size,
-        num_workers=options.workers, pin_memory=cuda, persistent_workers=options.workers > 0,
-        shuffle=False,
+        dataset_, batch_size=options.batch_size, num_workers=options.workers,
+        pin_memory=cuda and options.decode == "pil", persistent_workers=options.workers > 0,
+        shuffle=False, **extra,
     )
     amp = options.autocast_dtype()
     store_dtype = torch.float16 if options.dtype == "float16" else torch.float32
@@ -316,7 +328,10 @@ def _run(net, source, preprocess, writer: FeatureWriter, options: ExtractOptions
     with progress() as bar, _BackgroundWriter(writer) as bg:
         task = bar.add_task(f"extract {dataset}", total=len(source), completed=start, rate="")
         for images, idx, ok in loader:
-            images = images.to(device, non_blocking=True)
+            if options.decode == "device":
+                images, ok = decode_batch(images, ok, idx, dataset_, tp, device)
+            else:
+                images = images.to(device, non_blocking=True)
             with torch.no_grad(), torch.autocast(device.split(":")[0], dtype=amp or torch.float32,
                                                  enabled=amp is not None):
                 feats = net(images)

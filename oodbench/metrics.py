@@ -43,31 +43,41 @@ def _check(name: str, a: np.ndarray) -> np.ndarray:
     return a
 
 
-def _roc(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """ROC points at every distinct threshold, descending; returns (tpr, fpr, thresholds)."""
+def _groups(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One sort: the distinct score values in descending order with the number of ID (pos)
+    and OoD (neg) samples at each. Every metric of this module is a function of these."""
     scores = np.concatenate([pos, neg])
     is_pos = np.concatenate([np.ones(pos.size, bool), np.zeros(neg.size, bool)])
-    order = np.argsort(-scores, kind="mergesort")
+    order = np.argsort(-scores)  # order inside a tie group never matters: groups are summed
     s, y = scores[order], is_pos[order]
     last = np.r_[np.nonzero(np.diff(s))[0], s.size - 1]  # last index of each tie group
     tp = np.cumsum(y)[last]
-    fp = np.cumsum(~y)[last]
-    tpr = np.r_[0.0, tp / pos.size]
-    fpr = np.r_[0.0, fp / neg.size]
-    return tpr, fpr, np.r_[np.inf, s[last]]
+    n_pos = np.diff(np.r_[0, tp])
+    n_neg = np.diff(np.r_[0, last + 1]) - n_pos
+    return s[last], n_pos, n_neg
 
 
-def _average_precision(pos: np.ndarray, neg: np.ndarray) -> float:
-    tpr, fpr, _ = _roc(pos, neg)
-    tp = tpr * pos.size
-    fp = fpr * neg.size
+def _curve(n_pos: np.ndarray, n_neg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(tpr, fpr, tp, fp) at every group threshold, from the top group down, starting at (0, 0)."""
+    tp = np.r_[0, np.cumsum(n_pos)]
+    fp = np.r_[0, np.cumsum(n_neg)]
+    return tp / max(tp[-1], 1), fp / max(fp[-1], 1), tp, fp
+
+
+def _roc(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ROC points at every distinct threshold, descending; returns (tpr, fpr, thresholds)."""
+    s, n_pos, n_neg = _groups(pos, neg)
+    tpr, fpr, _, _ = _curve(n_pos, n_neg)
+    return tpr, fpr, np.r_[np.inf, s]
+
+
+def _ap(tpr: np.ndarray, tp: np.ndarray, fp: np.ndarray) -> float:
     with np.errstate(invalid="ignore", divide="ignore"):
         precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 1.0)
     return float(np.sum(np.diff(tpr) * precision[1:]))
 
 
-def _fpr_at_tpr(pos: np.ndarray, neg: np.ndarray, tpr_level: float) -> float:
-    tpr, fpr, _ = _roc(pos, neg)
+def _fpr_at(tpr: np.ndarray, fpr: np.ndarray, tpr_level: float) -> float:
     i = int(np.searchsorted(tpr, tpr_level - 1e-12, side="left"))
     return float(fpr[min(i, fpr.size - 1)])
 
@@ -80,15 +90,20 @@ def auroc(id_scores: np.ndarray, ood_scores: np.ndarray) -> float:
 
 
 def evaluate(id_scores: np.ndarray, ood_scores: np.ndarray, tpr: float = 0.95) -> dict[str, float]:
-    """All metrics of this module for one (ID, OoD) pair; see the module docstring."""
+    """All metrics of this module for one (ID, OoD) pair, from one sort; see the module docstring.
+
+    The OoD-positive view (score -s) has the same tie groups in reverse order, so its curve
+    is the cumulative counts taken from the bottom group up."""
     pos, neg = _check("ID", id_scores), _check("OoD", ood_scores)
-    t, f, _ = _roc(pos, neg)
+    _, n_pos, n_neg = _groups(pos, neg)
+    t, f, tp, fp = _curve(n_pos, n_neg)
+    t_o, f_o, tp_o, fp_o = _curve(n_neg[::-1], n_pos[::-1])
     return {
         "auroc": float(np.trapezoid(t, f)),
-        "fpr95": _fpr_at_tpr(pos, neg, tpr),
-        "fpr95_ood": _fpr_at_tpr(-neg, -pos, tpr),
-        "aupr_in": _average_precision(pos, neg),
-        "aupr_out": _average_precision(-neg, -pos),
+        "fpr95": _fpr_at(t, f, tpr),
+        "fpr95_ood": _fpr_at(t_o, f_o, tpr),
+        "aupr_in": _ap(t, tp, fp),
+        "aupr_out": _ap(t_o, tp_o, fp_o),
     }
 
 

@@ -329,7 +329,7 @@ def _rowdot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _count_at(level: float, n: int) -> int:
-    """Smallest count c with c / n >= level (the tolerance of metrics._fpr_at_tpr)."""
+    """Smallest count c with c / n >= level (the tolerance of metrics._fpr_at)."""
     return int(np.searchsorted(np.arange(n + 1) / n, level - 1e-12, side="left"))
 
 

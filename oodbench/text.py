@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,22 +25,32 @@ CIFAR100 = tuple(
 )
 
 
-def _imagenet() -> tuple[str, ...]:
-    import open_clip
+@functools.cache
+def _open_clip_metadata() -> dict:
+    """open_clip's ``zero_shot_metadata`` module (ImageNet class names and templates), run on
+    its own: importing the ``open_clip`` package costs ~5 s (torchvision, timm hooks) and a
+    score run needs only these constants."""
+    import importlib.util
 
-    return tuple(open_clip.IMAGENET_CLASSNAMES)
+    spec = importlib.util.find_spec("open_clip")  # locates the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise OodbenchError("open_clip_torch is not installed: `pip install open_clip_torch`.")
+    path = Path(next(iter(spec.submodule_search_locations))) / "zero_shot_metadata.py"
+    namespace: dict = {}
+    exec(compile(path.read_text(), str(path), "exec"), namespace)  # plain constants, no imports
+    return namespace
+
+
+def _imagenet() -> tuple[str, ...]:
+    return tuple(_open_clip_metadata()["IMAGENET_CLASSNAMES"])
 
 
 def _openai_templates() -> tuple[str, ...]:
-    import open_clip
-
-    return tuple(t("{}") for t in open_clip.OPENAI_IMAGENET_TEMPLATES)
+    return tuple(t("{}") for t in _open_clip_metadata()["OPENAI_IMAGENET_TEMPLATES"])
 
 
 def _simple_templates() -> tuple[str, ...]:
-    import open_clip
-
-    return tuple(t("{}") for t in open_clip.SIMPLE_IMAGENET_TEMPLATES)
+    return tuple(t("{}") for t in _open_clip_metadata()["SIMPLE_IMAGENET_TEMPLATES"])
 
 
 CLASS_SETS = {"imagenet": _imagenet, "cifar10": lambda: CIFAR10, "cifar100": lambda: CIFAR100}

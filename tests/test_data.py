@@ -647,3 +647,19 @@ def test_torchvision_svhn_uses_split_names_and_labels(tmp_path, monkeypatch):
     assert source.labels().tolist() == [0, 1, 5, 0]  # SVHN's "10" is digit 0
     assert source.ids()[3] == "svhn/test/3"
     assert np.array_equal(np.asarray(source.load(2)), images[..., 2])
+
+
+def test_imagenet_names_and_templates_without_importing_open_clip():
+    """The class names / templates come from open_clip's metadata file run on its own (a score
+    run must not pay open_clip's ~5 s import); they equal the package's constants."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from oodbench import text; n = text._imagenet(); t = text._openai_templates(); "
+        "s = text._simple_templates(); assert 'open_clip' not in sys.modules; "
+        "import open_clip; assert n == tuple(open_clip.IMAGENET_CLASSNAMES) and len(n) == 1000; "
+        "assert t == tuple(f('{}') for f in open_clip.OPENAI_IMAGENET_TEMPLATES) and len(t) == 80; "
+        "assert s == tuple(f('{}') for f in open_clip.SIMPLE_IMAGENET_TEMPLATES)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -287,7 +287,9 @@ def test_vim_vs_straightforward(world):
     w, b, h, x, res, res_train = _residual_by_hand(world, 256)
     alpha = (h @ w.T + b).max(1).mean() / res_train.mean()
     expected = logsumexp(x @ w.T + b, axis=1) - alpha * res
-    np.testing.assert_allclose(run("vim", world), expected, rtol=1e-6)
+    # ViM's covariance is formed from float32 products (as OpenOOD's / pytorch-ood's are);
+    # the reference here is float64 throughout: agreement to ~1e-5 of the score
+    np.testing.assert_allclose(run("vim", world), expected, rtol=2e-5)
 
 
 def test_residual_caps_dim(world):

@@ -18,6 +18,7 @@ from .common import (
     CHUNK_BYTES,
     ELEMENTWISE_BYTES,
     chunk_rows,
+    chunks,
     class_means,
     head_arrays,
     head_features,
@@ -82,12 +83,13 @@ class SHE(Scorer):
     def score(self, data) -> np.ndarray:
         self.check_fitted()
         h = head_features(data)
-        pred = np.asarray(logits(data)).argmax(1)
-        return rowwise(
-            lambda r: np.einsum("nd,nd->n", np.asarray(h[r], np.float64), self.patterns_[pred[r]]),
-            h.shape[0],
-            chunk_rows(2 * h.shape[1]),
-        )
+        pred = torch.from_numpy(np.asarray(logits(data)).argmax(1))
+        patterns = torch.from_numpy(self.patterns_)
+        out = np.empty(h.shape[0], np.float64)
+        for r in chunks(h.shape[0], 4096):  # float64 products, 4,096-row blocks stay in cache
+            x = torch.from_numpy(np.ascontiguousarray(h[r])).double()
+            out[r] = torch.einsum("nd,nd->n", x, patterns[pred[r]]).numpy()
+        return out
 
 
 @register_scorer

@@ -1,0 +1,176 @@
+"""JPEG decoding on the extraction device (``oodbench extract --decode device``).
+
+With the default ``--decode pil`` every image is decoded and preprocessed by Pillow in the
+DataLoader workers (open_clip's own transform). On a fast GPU that is the bottleneck: the
+H100 ViT-B/16 fp16 run of ``benchmarks/extract_throughput.py`` decodes ~1,250 img/s on 14
+workers while the model alone runs ~6,500 img/s. ``--decode device`` moves the JPEG work to
+the device: workers only read the file bytes; the main process decodes each batch with
+``torchvision.io.decode_jpeg(..., device=<the extraction device>)`` (nvJPEG on CUDA,
+libjpeg-turbo on the CPU) and applies the same Resize / CenterCrop / Normalize on tensors.
+
+What stays on the Pillow path, per image: files that are not baseline/progressive JPEGs
+(PNG, WebP, ...), JPEGs the device decoder refuses (CMYK, corrupt, truncated), and sources
+that are not files (digits, torchvision datasets). Unreadable files are skipped and recorded
+exactly as on the Pillow path.
+
+The two decoders do not produce identical pixels (IDCT and chroma upsampling differ by ±1
+grey level, and tensor bicubic resizing with antialiasing approximates Pillow's filter), so
+features differ slightly; the choice is part of a feature file's identity, and a store is
+never resumed or reused across decoders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import OodbenchError
+
+DECODERS = ("pil", "device")
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+# kinds of a dataset item on the device-decode path
+UNREADABLE, TENSOR, JPEG = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class TensorPreprocess:
+    """open_clip's eval transform (Resize shortest side, CenterCrop, ToTensor, Normalize) on
+    uint8 (3, H, W) tensors, on whatever device they are."""
+
+    resize: int
+    crop: int
+    interpolation: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def from_transform(cls, preprocess) -> TensorPreprocess:
+        """Read the parameters from a torchvision ``Compose``; refuse anything else, naming it."""
+        from torchvision import transforms as T
+
+        steps = list(getattr(preprocess, "transforms", []))
+        resize = crop = norm = None
+        for step in steps:
+            if isinstance(step, T.Resize):
+                size = step.size
+                if isinstance(size, (list, tuple)):
+                    if len(size) != 1:
+                        break
+                    size = size[0]
+                if step.max_size is not None:
+                    break
+                resize = (int(size), step.interpolation.value)
+            elif isinstance(step, T.CenterCrop):
+                h, w = step.size
+                if h != w:
+                    break
+                crop = int(h)
+            elif isinstance(step, T.Normalize):
+                norm = (tuple(float(m) for m in step.mean), tuple(float(s) for s in step.std))
+            elif isinstance(step, T.ToTensor) or getattr(step, "__name__", "") == "_convert_to_rgb":
+                continue  # MaybeToTensor is a ToTensor; the decoder already gives RGB
+            elif type(step).__name__ == "MaybeConvertMode" and getattr(step, "mode", "RGB") == "RGB":
+                continue
+            else:
+                break
+        else:
+            if resize and crop and norm:
+                return cls(resize[0], crop, resize[1], *norm)
+        raise OodbenchError(
+            f"--decode device reproduces Resize/CenterCrop/ToTensor/Normalize preprocessing only; this "
+            f"model's is {preprocess!r}: use --decode pil."
+        )
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        """uint8 (3, H, W) -> normalised float32 (3, crop, crop)."""
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms import functional as TF
+
+        x = TF.resize(image, [self.resize], interpolation=InterpolationMode(self.interpolation), antialias=True)
+        x = TF.center_crop(x, [self.crop, self.crop])
+        x = x.float().div_(255.0)
+        mean = torch.tensor(self.mean, device=x.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(-1, 1, 1)
+        return x.sub_(mean).div_(std)
+
+
+def source_file(source, i: int) -> Path | None:
+    """The file behind sample ``i`` of a file-backed source (imglist, imagefolder), else None."""
+    root, paths = getattr(source, "root", None), getattr(source, "_paths", None)
+    if root is None or paths is None:
+        return None
+    return Path(root) / paths[i]
+
+
+class EncodedImages(torch.utils.data.Dataset):
+    """Source -> (payload, index, kind): JPEG bytes (kind JPEG) for the device to decode, a
+    Pillow-preprocessed tensor (kind TENSOR) for everything else, or (kind UNREADABLE)."""
+
+    def __init__(self, source, preprocess, start: int, image_size: int):
+        self.source, self.preprocess, self.start = source, preprocess, start
+        self.blank = torch.zeros(3, image_size, image_size)
+
+    def __len__(self) -> int:
+        return len(self.source) - self.start
+
+    def pil(self, i: int) -> tuple[torch.Tensor, int]:
+        from .data import UnreadableImage
+
+        try:
+            return self.preprocess(self.source.load(i)), TENSOR
+        except UnreadableImage:
+            return self.blank, UNREADABLE
+
+    def __getitem__(self, j: int):
+        i = self.start + j
+        path = source_file(self.source, i)
+        if path is not None:
+            try:
+                data = path.read_bytes()
+            except OSError:
+                data = b""
+            if data.startswith(JPEG_MAGIC) and data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+                return torch.frombuffer(bytearray(data), dtype=torch.uint8), i, JPEG
+        tensor, kind = self.pil(i)
+        return tensor, i, kind
+
+
+def collate(items):
+    payloads, idx, kinds = zip(*items, strict=True)
+    return list(payloads), torch.tensor(idx), torch.tensor(kinds)
+
+
+def decode_batch(payloads: list[torch.Tensor], kinds: torch.Tensor, idx: torch.Tensor, dataset: EncodedImages,
+                 tp: TensorPreprocess, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 3, S, S) images on ``device`` and the (B,) ok mask, in batch order.
+
+    JPEGs are decoded together on the device; one the device decoder refuses is decoded by
+    Pillow instead (and skipped as unreadable if Pillow refuses it too)."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    out: list[torch.Tensor | None] = [None] * len(payloads)
+    ok = kinds != UNREADABLE
+    jpeg = [k for k in range(len(payloads)) if kinds[k] == JPEG]
+    decoded: list[torch.Tensor | None] = [None] * len(jpeg)
+    if jpeg:
+        try:
+            decoded = list(decode_jpeg([payloads[k] for k in jpeg], mode=ImageReadMode.RGB, device=device))
+        except RuntimeError:
+            for n, k in enumerate(jpeg):  # find the one(s) it refuses
+                try:
+                    decoded[n] = decode_jpeg(payloads[k], mode=ImageReadMode.RGB, device=device)
+                except RuntimeError:
+                    decoded[n] = None
+    for n, k in enumerate(jpeg):
+        if decoded[n] is not None and decoded[n].shape[0] == 3:
+            out[k] = tp(decoded[n])
+        else:
+            tensor, kind = dataset.pil(int(idx[k]))
+            out[k], ok[k] = tensor.to(device), kind != UNREADABLE
+    for k in range(len(payloads)):
+        if out[k] is None:
+            out[k] = payloads[k].to(device, non_blocking=True)
+    return torch.stack(out), ok
