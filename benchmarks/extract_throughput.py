@@ -6,6 +6,7 @@ Measures, on the same model, images, preprocessing and batch size:
   plain_loop     DataLoader(JPEG files) -> encode_image, nothing stored (what a user would write)
   extract_basic  oodbench's extractor: image_embeds + penultimate written to HDF5
   extract_all    + every block's CLS token (--layers all) + local patch embeddings (--local)
+  extract_device extract_all with --decode device (JPEGs decoded on the device: nvJPEG on CUDA)
 
 and prints/writes the ratios extract_*/plain_loop (goal: the extra features cost <= 10%).
 Weights are randomly initialised (no download): throughput does not depend on their values.
@@ -133,17 +134,20 @@ def main() -> None:
         make_jpegs(root / "jpg", a.n, tuple(a.size))
         res["jpeg_write_s"] = round(time.perf_counter() - t, 1)
         source = build_source({"source": "imagefolder", "root": str(root / "jpg"), "ood": True}, name="bench")
-        best = {k: 0.0 for k in ("model_only", "plain_loop", "extract_basic", "extract_all")}
+        best = {k: 0.0 for k in ("model_only", "plain_loop", "extract_basic", "extract_all", "extract_device")}
         for r in range(a.repeats):
             best["model_only"] = max(best["model_only"], model_only(bundle, a.device, amp, a.batch_size, image_size))
             best["plain_loop"] = max(best["plain_loop"], plain_loop(bundle, source, a.device, amp, a.batch_size, a.workers))
             best["extract_basic"] = max(best["extract_basic"], run_extract(bundle, source, opts, root / f"b{r}.h5"))
             full = ExtractOptions(**{**opts.__dict__, "layers": "all", "local": True})
             best["extract_all"] = max(best["extract_all"], run_extract(bundle, source, full, root / f"a{r}.h5"))
+            dev = ExtractOptions(**{**full.__dict__, "decode": "device"})
+            best["extract_device"] = max(best["extract_device"], run_extract(bundle, source, dev, root / f"d{r}.h5"))
         res["images_per_s"] = {k: round(v, 1) for k, v in best.items()}
         res["ratio_extract_basic_vs_plain"] = round(best["extract_basic"] / best["plain_loop"], 3)
         res["ratio_extract_all_vs_plain"] = round(best["extract_all"] / best["plain_loop"], 3)
         res["ratio_plain_vs_model_only"] = round(best["plain_loop"] / best["model_only"], 3)
+        res["ratio_extract_device_vs_extract_all"] = round(best["extract_device"] / best["extract_all"], 3)
     print(json.dumps(res, indent=2))
     if a.out:
         a.out.write_text(json.dumps(res, indent=2))

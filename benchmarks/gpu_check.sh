@@ -30,6 +30,30 @@ for m in ra:
     for o in ra[m].ood_scores:
         print(m, o, "AUROC cpu %.4f gpu %.4f" % (auroc(ra[m].id_scores, ra[m].ood_scores[o]), auroc(rb[m].id_scores, rb[m].ood_scores[o])))
 PY
-# 2. ViT-B/16 fp16 throughput: JPEG files -> extract (basic / all features) vs plain loop vs model only
+# 2. ViT-B/16 fp16 throughput: JPEG files -> extract (basic / all features / --decode device) vs plain loop
+#    vs model only
 python3 benchmarks/extract_throughput.py --model ViT-B-16 --device cuda --precision fp16 --n 8192 \
     --batch-size 256 --workers 14 --repeats 2 --out $OUT/vitb16_fp16.json 2>&1 | grep -v "━"
+# 3. --decode device on CUDA (nvJPEG) against the Pillow path: same ids and skips, features close
+python3 - <<'PY' | tee $OUT/decode_device_cuda.txt
+import tempfile, numpy as np
+from pathlib import Path
+from benchmarks.extract_throughput import make_jpegs
+from oodbench.data import build_source
+from oodbench.extract import ExtractOptions, extract_dataset
+from oodbench.models import load_model
+from oodbench.store import FeatureFile
+bundle = load_model("ViT-B-16", None, device="cuda")
+with tempfile.TemporaryDirectory() as tmp:
+    root = Path(tmp); make_jpegs(root / "jpg", 512, (500, 375))
+    (root / "jpg" / "x" / "empty.jpg").write_bytes(b"")
+    src = build_source({"source": "imagefolder", "root": str(root / "jpg"), "ood": True}, name="b")
+    f = {}
+    for dec in ("pil", "device"):
+        o = ExtractOptions(batch_size=128, workers=8, device="cuda", precision="fp16", decode=dec)
+        f[dec] = FeatureFile(extract_dataset(bundle, src, root / f"{dec}.h5", o, "b"))
+    a, b = f["pil"].load("image_embeds"), f["device"].load("image_embeds")
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    print("ids equal", list(f["pil"].load("ids")) == list(f["device"].load("ids")),
+          "skipped", list(f["device"].load("skipped_ids")), "min cos %.5f mean cos %.5f" % (cos.min(), cos.mean()))
+PY

@@ -8,9 +8,10 @@ the device: workers only read the file bytes; the main process decodes each batc
 ``torchvision.io.decode_jpeg(..., device=<the extraction device>)`` (nvJPEG on CUDA,
 libjpeg-turbo on the CPU) and applies the same Resize / CenterCrop / Normalize on tensors.
 
-What stays on the Pillow path, per image: files that are not baseline/progressive JPEGs
-(PNG, WebP, ...), JPEGs the device decoder refuses (CMYK, corrupt, truncated), and sources
-that are not files (digits, torchvision datasets). Unreadable files are skipped and recorded
+What stays on the Pillow path, per image: files that are not 8-bit grey/YCbCr JPEGs (PNG,
+WebP, CMYK or 12-bit JPEGs, ...; see :func:`plain_jpeg`), JPEGs without an end marker
+(truncated), JPEGs the device decoder refuses (corrupt data), and sources that are not files
+(digits, torchvision datasets). Unreadable files are skipped and recorded
 exactly as on the Pillow path.
 
 The two decoders do not produce identical pixels (IDCT and chroma upsampling differ by ±1
@@ -132,10 +133,41 @@ class EncodedImages(torch.utils.data.Dataset):
                 data = path.read_bytes()
             except OSError:
                 data = b""
-            if data.startswith(JPEG_MAGIC) and data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+            if plain_jpeg(data):
                 return torch.frombuffer(bytearray(data), dtype=torch.uint8), i, JPEG
         tensor, kind = self.pil(i)
         return tensor, i, kind
+
+
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def plain_jpeg(data: bytes) -> bool:
+    """True for a complete 8-bit JPEG with 1 (grey) or 3 (YCbCr) components: what every device
+    decoder handles. CMYK/YCCK (4 components), 12-bit and files without an end marker
+    (truncated) are False and go to Pillow, whose conversions are the reference."""
+    if not (data.startswith(JPEG_MAGIC) and data.rstrip(b"\x00").endswith(b"\xff\xd9")):
+        return False
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return False
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            pos += 2
+            continue
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if marker in _SOF:
+            if pos + 10 > len(data):
+                return False
+            return data[pos + 4] == 8 and data[pos + 9] in (1, 3)
+        if marker == 0xDA:  # start of scan before any frame header
+            return False
+        pos += 2 + length
+    return False
 
 
 def collate(items):

@@ -7,7 +7,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from oodbench import api
-from oodbench.decode import JPEG, TENSOR, UNREADABLE, EncodedImages, TensorPreprocess
+from oodbench.decode import JPEG, TENSOR, UNREADABLE, EncodedImages, TensorPreprocess, plain_jpeg
 from oodbench.errors import OodbenchError
 from oodbench.models import load_model
 from oodbench.store import FeatureFile, Store
@@ -67,6 +67,7 @@ def test_items_take_the_right_path(photos):
     ds = EncodedImages(src, bundle.preprocess, 0, 32)
     kinds = {src.ids()[i]: ds[i][2] for i in range(len(src))}
     assert kinds["x/p3.jpg"] == JPEG and kinds["x/gray.jpg"] == JPEG
+    assert kinds["x/cmyk.jpg"] == TENSOR  # 4 components: Pillow's conversion is the reference
     assert kinds["x/lossless.png"] == TENSOR  # not a JPEG: Pillow in the worker
     assert kinds["x/truncated.jpg"] == UNREADABLE  # no end marker: Pillow, which refuses it
     assert kinds["x/empty.jpg"] == UNREADABLE
@@ -81,8 +82,8 @@ def test_device_decode_matches_the_pillow_path(tmp_path, photos):
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cos.min() > 0.99, cos  # decoders and resize filters differ by a grey level or two
     ids = list(pil.load("ids"))
-    png = ids.index("x/lossless.png")  # decoded by Pillow on both paths: identical
-    np.testing.assert_array_equal(a[png], b[png])
+    for name in ("x/lossless.png", "x/cmyk.jpg"):  # decoded by Pillow on both paths: identical
+        np.testing.assert_array_equal(a[ids.index(name)], b[ids.index(name)])
     assert dev.attrs["opt_decode"] == "device" and "opt_decode" not in pil.attrs
 
 
@@ -109,3 +110,12 @@ def test_unsupported_preprocess_and_decoder_are_refused(tmp_path, photos):
         TensorPreprocess.from_transform(T.Compose([T.RandomResizedCrop(32), T.ToTensor()]))
     with pytest.raises(OodbenchError, match="decode must be one of pil, device"):
         _extract(tmp_path, photos, "gpu")
+
+
+def test_plain_jpeg_reads_the_frame_header(photos):
+    d = photos / "x"
+    assert plain_jpeg((d / "p1.jpg").read_bytes()) and plain_jpeg((d / "gray.jpg").read_bytes())
+    assert not plain_jpeg((d / "cmyk.jpg").read_bytes())
+    assert not plain_jpeg((d / "truncated.jpg").read_bytes()) and not plain_jpeg(b"")
+    assert not plain_jpeg((d / "lossless.png").read_bytes())
+    assert not plain_jpeg(b"\xff\xd8\xff\xd9")  # markers but no frame

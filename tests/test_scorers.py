@@ -617,6 +617,12 @@ def test_non_finite_features_name_the_samples(world):
             scorer.score(bad)
     with pytest.raises(OodbenchError, match="row 1"):
         check_finite(np.array([[0.0], [np.inf]]))
+    local = test.array("local_embeds").copy()
+    local[5, 1, 0], local[9, 0, 2] = np.nan, np.inf  # one bad patch in each of two images
+    bad_local = Inputs.from_arrays("test", text=test.text, labels=test.labels, ids=test.ids,
+                                   image_embeds=test.array("image_embeds"), local_embeds=local)
+    with pytest.raises(OodbenchError, match=r"local embeddings of 2 sample\(s\).*test/0005.png, test/0009.png"):
+        fitted("glmcm", world).score(bad_local)
 
 
 def test_missing_inputs_are_clear(world):

@@ -66,6 +66,10 @@ class MCM(Scorer):
     def score(self, data) -> np.ndarray:
         t = name_embeds(data.text_bank("classes"), self.templates).astype(np.float64)
         x = features(data, "embeds")
+        if self.temperature >= 0.1:  # float32, as GL-MCM's local term (relative error ~1e-6)
+            xt = torch.from_numpy(np.ascontiguousarray(x))
+            return rowwise(lambda r: unit_max_softmax32(xt[r], t, self.temperature, normalize=False).double().numpy(),
+                           x.shape[0], chunk_rows(t.shape[0], 4))
         return rowwise(
             lambda r: max_softmax(np.asarray(x[r], np.float64) @ t.T / self.temperature),
             x.shape[0],
@@ -73,24 +77,39 @@ class MCM(Scorer):
         )
 
 
-def local_max_softmax(z: np.ndarray, t: np.ndarray, temperature: float) -> np.ndarray:
-    """max over patches p and classes c of softmax_c(<z_p, t_c> / T), for (n, P, D) unit patch
-    embeddings and (C, D) unit text embeddings.
+def local_max_softmax(z, t: np.ndarray, temperature: float, normalize: bool = False) -> np.ndarray:
+    """max over patches p and classes c of softmax_c(<z_p, t_c> / T), for (n, P, D) patch
+    embeddings (unit, or L2-normalised here with ``normalize``; any float dtype, float16 as
+    stored) and (C, D) unit text embeddings.
 
-    For T >= 0.1 the similarities and the softmax run in float32 (relative error ~1e-6, far
-    below any score gap); smaller T keeps float64 (the error of s is divided by T).
+    For T >= 0.1 everything runs in float32 in torch (relative error ~1e-6, far below any
+    score gap): the similarities of unit vectors are at most 1/T <= 10, so exp() cannot
+    overflow and the row maximum of the softmax is max(exp(s)) / sum(exp(s)), two reductions
+    over one exponentiated block. Smaller T keeps float64 (the error of s is divided by T).
     """
     n, p, d = z.shape
     if temperature < 0.1:
-        sims = z.astype(np.float64) @ t.T.astype(np.float64)
+        z64 = np.asarray(z, np.float64)
+        if normalize:
+            z64 = l2_normalize(z64)
+        sims = z64 @ t.T.astype(np.float64)
         return softmax(sims / temperature, axis=2).max(axis=(1, 2))
-    sims = torch.from_numpy(np.ascontiguousarray(z.reshape(n * p, d))) @ torch.from_numpy(
-        np.ascontiguousarray(t, dtype=np.float32)
-    ).T
+    x = torch.from_numpy(np.ascontiguousarray(z)).reshape(n * p, d)
+    return unit_max_softmax32(x, t, temperature, normalize).reshape(n, p).amax(1).double().numpy()
+
+
+def unit_max_softmax32(x: torch.Tensor, t: np.ndarray, temperature: float, normalize: bool) -> torch.Tensor:
+    """(N,) float32 max_c softmax_c(<x_i, t_c> / T) for rows x (unit, or normalised here) and
+    unit text embeddings t, T >= 0.1 (see :func:`local_max_softmax` for why exp() is safe).
+    Non-finite inputs give NaN rows (callers check the result)."""
+    x = x.float()  # float16 -> float32 is vectorised in torch (numpy's is ~5x slower)
+    if normalize:
+        x = x / torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min_(1e-12)
+    sims = x @ torch.from_numpy(np.ascontiguousarray(t, dtype=np.float32)).T
     if temperature != 1.0:
         sims *= 1.0 / temperature
-    best = torch.softmax(sims, dim=1).amax(1)  # torch's fused row softmax kernel
-    return best.reshape(n, p).amax(1).double().numpy()
+    sims.exp_()
+    return sims.amax(1) / sims.sum(1)
 
 
 @register_scorer
@@ -126,10 +145,10 @@ class GLMCM(Scorer):
         local = np.empty(n, np.float64)
         # streamed from the store by row blocks (a ViT-B/16 split holds 196 patches per image)
         for r, block in data.row_blocks("local_embeds", chunk_rows(2 * p * t.shape[0])):
-            z = check_finite(
-                np.asarray(block, np.float32), lambda r=r: np.asarray(data.ids)[r], "local embeddings"
-            )
-            local[r] = local_max_softmax(l2_normalize(z), t, self.temperature)
+            block = np.asarray(block)
+            local[r] = local_max_softmax(block, t, self.temperature, normalize=True)
+            if not np.isfinite(local[r]).all():  # NaN/inf in a patch propagates to its row
+                check_finite(block, lambda r=r: np.asarray(data.ids)[r], "local embeddings")  # raises
         return glob + self.lam * local
 
 
