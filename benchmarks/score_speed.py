@@ -668,8 +668,8 @@ def main() -> None:
     if sw.get("cold", {}).get("scored_s"):
         c = sw["cold"]
         res["notes"].append(f"the cold CLI run spent {c['scored_s']:.0f} s until the scores were written and {c['wall_s'] - c['scored_s']:.0f} s "
-                            "on the rest: imports before scoring, the metrics table it prints (one sort "
-                            "per (method, OoD set) pair in `metrics.evaluate`), exit")
+                            "after that: the metrics table it prints (one sort per (method, OoD set) pair "
+                            "in `metrics.evaluate`) and exit")
     res["notes"].append(f"GL-MCM reads {meta['local_patches']} patches per image in this store; a ViT-B/16 "
                         "has 196: its time grows linearly with the patch count")
     res["notes"].append("NegLabel / CSP / EOE read synthetic text banks written by the generator "
