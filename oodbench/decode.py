@@ -23,7 +23,6 @@ never resumed or reused across decoders.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -98,14 +97,6 @@ class TensorPreprocess:
         return x.sub_(mean).div_(std)
 
 
-def source_file(source, i: int) -> Path | None:
-    """The file behind sample ``i`` of a file-backed source (imglist, imagefolder), else None."""
-    root, paths = getattr(source, "root", None), getattr(source, "_paths", None)
-    if root is None or paths is None:
-        return None
-    return Path(root) / paths[i]
-
-
 class EncodedImages(torch.utils.data.Dataset):
     """Source -> (payload, index, kind): JPEG bytes (kind JPEG) for the device to decode, a
     Pillow-preprocessed tensor (kind TENSOR) for everything else, or (kind UNREADABLE)."""
@@ -127,7 +118,7 @@ class EncodedImages(torch.utils.data.Dataset):
 
     def __getitem__(self, j: int):
         i = self.start + j
-        path = source_file(self.source, i)
+        path = self.source.file(i)
         if path is not None:
             try:
                 data = path.read_bytes()

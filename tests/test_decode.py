@@ -71,6 +71,10 @@ def test_items_take_the_right_path(photos):
     assert kinds["x/lossless.png"] == TENSOR  # not a JPEG: Pillow in the worker
     assert kinds["x/truncated.jpg"] == UNREADABLE  # no end marker: Pillow, which refuses it
     assert kinds["x/empty.jpg"] == UNREADABLE
+    assert src.file(0) == photos / src.ids()[0]
+    digits = build_source({"source": "digits", "digits": [0, 1], "split": "test"}, name="d")
+    assert digits.file(0) is None  # made in memory: the Pillow path, whatever --decode says
+    assert EncodedImages(digits, bundle.preprocess, 0, 32)[0][2] == TENSOR
 
 
 def test_device_decode_matches_the_pillow_path(tmp_path, photos):

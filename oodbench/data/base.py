@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,6 +49,11 @@ class Source(ABC):
     @abstractmethod
     def load(self, i: int) -> Image.Image:
         """Return sample i as an RGB PIL image; raise `UnreadableImage` if it cannot be read."""
+
+    def file(self, i: int) -> Path | None:
+        """The image file behind sample ``i`` for file-backed sources (read as raw bytes by
+        ``extract --decode device``); None for sources that make images in memory."""
+        return None
 
     @abstractmethod
     def params(self) -> dict[str, Any]:

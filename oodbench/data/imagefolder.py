@@ -71,7 +71,10 @@ class ImageFolderSource(Source):
         return self._labels.copy()
 
     def load(self, i: int) -> Image.Image:
-        return load_image(self.root / self._paths[check_index(self, i)])
+        return load_image(self.file(i))
+
+    def file(self, i: int) -> Path:
+        return self.root / self._paths[check_index(self, i)]
 
     def params(self) -> dict[str, Any]:
         return {"root": str(self.root), "classes": self.classes, "ood": self.ood}

@@ -87,7 +87,10 @@ class ImageListSource(Source):
         return self._labels.copy()
 
     def load(self, i: int) -> Image.Image:
-        return load_image(self.root / self._paths[check_index(self, i)])
+        return load_image(self.file(i))
+
+    def file(self, i: int) -> Path:
+        return self.root / self._paths[check_index(self, i)]
 
     def params(self) -> dict[str, Any]:
         return {"list": str(self.list_path), "root": str(self.root), "ood": self.ood}
