@@ -314,8 +314,14 @@ def _run(net, source, preprocess, writer: FeatureWriter, options: ExtractOptions
         tp = TensorPreprocess.from_transform(preprocess)
         dataset_ = EncodedImages(source, preprocess, start, image_size)
         extra = {"collate_fn": collate}
+
+        def to_device(images, ok, idx):
+            return decode_batch(images, ok, idx, dataset_, tp, device)
     else:
         dataset_, extra = _Images(source, preprocess, start, image_size), {}
+
+        def to_device(images, ok, idx):
+            return images.to(device, non_blocking=True), ok
     loader = torch.utils.data.DataLoader(
         dataset_, batch_size=options.batch_size, num_workers=options.workers,
         pin_memory=cuda and options.decode == "pil", persistent_workers=options.workers > 0,
@@ -328,10 +334,7 @@ def _run(net, source, preprocess, writer: FeatureWriter, options: ExtractOptions
     with progress() as bar, _BackgroundWriter(writer) as bg:
         task = bar.add_task(f"extract {dataset}", total=len(source), completed=start, rate="")
         for images, idx, ok in loader:
-            if options.decode == "device":
-                images, ok = decode_batch(images, ok, idx, dataset_, tp, device)
-            else:
-                images = images.to(device, non_blocking=True)
+            images, ok = to_device(images, ok, idx)
             with torch.no_grad(), torch.autocast(device.split(":")[0], dtype=amp or torch.float32,
                                                  enabled=amp is not None):
                 feats = net(images)

@@ -233,11 +233,16 @@ GEMM_BLOCK_ROWS = 8192
 """Rows per float32 GEMM block whose result is accumulated in float64 (:func:`scatter`)."""
 
 
-def _split_f32(c: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """c (float64) as hi + lo, two float32 tensors: hi = fl32(c), lo = fl32(c - hi)."""
-    c = np.asarray(c, np.float64)
+def _centre_parts(c: np.ndarray | None, dtype: type) -> list[torch.Tensor]:
+    """The centre ``c`` (float64) as the tensors to subtract in turn: itself for float64; for
+    float32 hi = fl32(c) then lo = fl32(c - hi) (see :func:`centred_blocks`)."""
+    if c is None:
+        return []
+    c = np.ascontiguousarray(c, np.float64)
+    if dtype == np.float64:
+        return [torch.from_numpy(c)]
     hi = c.astype(np.float32)
-    return torch.from_numpy(hi), torch.from_numpy((c - hi).astype(np.float32))
+    return [torch.from_numpy(hi), torch.from_numpy((c - hi).astype(np.float32))]
 
 
 def centred_blocks(
@@ -258,24 +263,19 @@ def centred_blocks(
     each subtraction errs by at most 2^-24 of its result, so the centred value is correct to
     ~2^-23 of itself however large c is (as a float64 subtraction rounded once would be), at
     float32 speed."""
-    if dtype == np.float64:
-        c = None if center is None else (torch.from_numpy(np.asarray(center, np.float64)),)
-        m = None if means is None else (torch.from_numpy(np.ascontiguousarray(means, np.float64)),)
-    else:
-        c = None if center is None else _split_f32(center)
-        m = None if means is None else _split_f32(means)
+    c_parts, m_parts = _centre_parts(center, dtype), _centre_parts(means, dtype)
     for rows in chunks(h.shape[0], block):
         x = torch.from_numpy(np.ascontiguousarray(h[rows], dtype=np.float32))
         if dtype == np.float64:
             x = x.double()
-        if c is not None:
-            x = x - c[0] if len(c) == 1 else (x - c[0]).sub_(c[1])
+        for part in c_parts:
+            x = x - part
         if slot is not None:
             sel = slot[rows] >= 0
             k = torch.from_numpy(slot[rows][sel])
-            x = x[torch.from_numpy(sel)] - m[0][k]
-            if len(m) == 2:
-                x.sub_(m[1][k])
+            x = x[torch.from_numpy(sel)]
+            for part in m_parts:
+                x = x - part[k]
         yield rows, x
 
 

@@ -257,26 +257,17 @@ def _head_eigh(data, h: np.ndarray, u: np.ndarray):
     return memo(data, key, lambda: centred_eigh(h, u))
 
 
-def principal_space(h: np.ndarray, u: np.ndarray, dim: int, eig=None) -> np.ndarray:
-    """(D, dim) top eigenvectors: the complement of :func:`residual_space`."""
-    eigval, eigvec = eig if eig is not None else centred_eigh(h, u)
-    return np.ascontiguousarray(eigvec[:, np.argsort(eigval)[::-1][:dim]])
-
-
-def residual_norm(
-    h: np.ndarray, u: np.ndarray, ns: np.ndarray, ps: np.ndarray | None = None
-) -> np.ndarray:
+def residual_norm(h: np.ndarray, u: np.ndarray, ns: np.ndarray) -> np.ndarray:
     """||(h - u) P_perp|| per row, ``ns`` (D, R) an orthonormal basis of the residual space.
 
-    Rows are centred to float32 precision (:func:`centred_blocks`); the
-    projection is a float32 GEMM (relative error ~1e-6 of the norm). The norm is taken from
-    the projection onto ``ns`` itself, never as ||v||^2 - ||v P||^2 with the principal space
-    ``ps`` (accepted for compatibility, unused): that difference cancels when the residual
-    is a small part of the feature, and in float32 it would."""
-    del ps
+    Rows are centred to float32 precision (:func:`centred_blocks`); the projection is a
+    float32 GEMM (relative error ~1e-6 of the norm). The norm is taken from the projection
+    onto ``ns`` itself, never as ||v||^2 - ||v P||^2 with the principal space: that
+    difference cancels when the residual is a small part of the feature, and in float32 it
+    would."""
     basis = torch.from_numpy(np.ascontiguousarray(ns, dtype=np.float32))
     out = np.empty(h.shape[0], np.float64)
-    for rows, v in centred_blocks(h, center=np.asarray(u, np.float64), block=8192):
+    for rows, v in centred_blocks(h, center=np.asarray(u, np.float64)):
         out[rows] = torch.linalg.vector_norm(v @ basis, dim=1).double().numpy()
     return out
 
@@ -326,8 +317,7 @@ class ViM(Scorer):
         w, b, self.u_ = _origin(data)
         eig = _head_eigh(data, h, self.u_)
         self.ns_ = residual_space(h, self.u_, dim, eig)
-        self.ps_ = principal_space(h, self.u_, dim, eig) if dim < h.shape[1] - dim else None
-        residual = residual_norm(h, self.u_, self.ns_, self.ps_)
+        residual = residual_norm(h, self.u_, self.ns_)
         # the head's logits (float32, as every logit score reads them), by row blocks
         max_logit = np.empty(h.shape[0], np.float64)
         for r, z in logit_blocks(data):
@@ -343,7 +333,7 @@ class ViM(Scorer):
         e = np.concatenate(
             [energy(z[r]) for r in chunks(z.shape[0], chunk_rows(z.shape[1]))]
         )
-        return e - self.alpha_ * residual_norm(h, self.u_, self.ns_, self.__dict__.get("ps_"))
+        return e - self.alpha_ * residual_norm(h, self.u_, self.ns_)
 
 
 @register_scorer
