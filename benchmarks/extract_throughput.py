@@ -7,6 +7,7 @@ Measures, on the same model, images, preprocessing and batch size:
   extract_basic  oodbench's extractor: image_embeds + penultimate written to HDF5
   extract_all    + every block's CLS token (--layers all) + local patch embeddings (--local)
   extract_device extract_all with --decode device (JPEGs decoded on the device: nvJPEG on CUDA)
+  extract_device_basic  extract_basic with --decode device
 
 and prints/writes the ratios extract_*/plain_loop (goal: the extra features cost <= 10%).
 Weights are randomly initialised (no download): throughput does not depend on their values.
@@ -46,13 +47,28 @@ def _jpeg(args) -> None:
     Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path, quality=90)
 
 
-def make_jpegs(root: Path, n: int, size: tuple[int, int], seed: int = 0, procs: int | None = None) -> None:
-    """n smooth synthetic JPEGs (ImageNet-like size), root/x/<i>.jpg, written in parallel."""
+def mixed_sizes(n: int, seed: int = 0) -> list[tuple[int, int]]:
+    """ImageNet-like image sizes (width, height): many share a few common sizes, the rest vary."""
+    rng = np.random.default_rng(seed)
+    common = [(500, 375), (500, 333), (375, 500), (500, 334), (500, 500)]
+    out = []
+    for _ in range(n):
+        if rng.random() < 0.6:
+            out.append(common[int(rng.integers(len(common)))])
+        else:
+            out.append((int(rng.integers(200, 1000)), int(rng.integers(200, 1000))))
+    return out
+
+
+def make_jpegs(root: Path, n: int, size: tuple[int, int] | None, seed: int = 0, procs: int | None = None) -> None:
+    """n smooth synthetic JPEGs, root/x/<i>.jpg, written in parallel: all of one size, or of
+    mixed ImageNet-like sizes (size None)."""
     from multiprocessing import Pool
 
     d = root / "x"
     d.mkdir(parents=True, exist_ok=True)
-    jobs = [(d / f"{i:06d}.jpg", size, seed * 1_000_003 + i) for i in range(n)]
+    sizes = [size] * n if size is not None else mixed_sizes(n, seed)
+    jobs = [(d / f"{i:06d}.jpg", sizes[i], seed * 1_000_003 + i) for i in range(n)]
     with Pool(procs) as pool:
         pool.map(_jpeg, jobs, chunksize=64)
 
@@ -134,7 +150,8 @@ def main() -> None:
         make_jpegs(root / "jpg", a.n, tuple(a.size))
         res["jpeg_write_s"] = round(time.perf_counter() - t, 1)
         source = build_source({"source": "imagefolder", "root": str(root / "jpg"), "ood": True}, name="bench")
-        best = {k: 0.0 for k in ("model_only", "plain_loop", "extract_basic", "extract_all", "extract_device")}
+        best = {k: 0.0 for k in ("model_only", "plain_loop", "extract_basic", "extract_all", "extract_device",
+                                "extract_device_basic")}
         for r in range(a.repeats):
             best["model_only"] = max(best["model_only"], model_only(bundle, a.device, amp, a.batch_size, image_size))
             best["plain_loop"] = max(best["plain_loop"], plain_loop(bundle, source, a.device, amp, a.batch_size, a.workers))
@@ -143,11 +160,15 @@ def main() -> None:
             best["extract_all"] = max(best["extract_all"], run_extract(bundle, source, full, root / f"a{r}.h5"))
             dev = ExtractOptions(**{**full.__dict__, "decode": "device"})
             best["extract_device"] = max(best["extract_device"], run_extract(bundle, source, dev, root / f"d{r}.h5"))
+            devb = ExtractOptions(**{**opts.__dict__, "decode": "device"})
+            best["extract_device_basic"] = max(best["extract_device_basic"],
+                                               run_extract(bundle, source, devb, root / f"db{r}.h5"))
         res["images_per_s"] = {k: round(v, 1) for k, v in best.items()}
         res["ratio_extract_basic_vs_plain"] = round(best["extract_basic"] / best["plain_loop"], 3)
         res["ratio_extract_all_vs_plain"] = round(best["extract_all"] / best["plain_loop"], 3)
         res["ratio_plain_vs_model_only"] = round(best["plain_loop"] / best["model_only"], 3)
         res["ratio_extract_device_vs_extract_all"] = round(best["extract_device"] / best["extract_all"], 3)
+        res["ratio_extract_device_basic_vs_plain"] = round(best["extract_device_basic"] / best["plain_loop"], 3)
     print(json.dumps(res, indent=2))
     if a.out:
         a.out.write_text(json.dumps(res, indent=2))

@@ -109,6 +109,23 @@ def test_tensor_preprocess_matches_open_clip(photos):
     assert (got - ref).abs().mean() < 0.03 and (got - ref).abs().max() < 0.3
 
 
+def test_tensor_preprocess_batch_equals_one_by_one():
+    """Grouping same-size images into one resize call changes no number."""
+    from torchvision.transforms import functional as TF
+
+    tp = TensorPreprocess.from_transform(load_model().preprocess)
+    rng = np.random.default_rng(3)
+    images = [torch.from_numpy(rng.integers(0, 256, (3, h, w), dtype=np.uint8))
+              for h, w in [(90, 70), (64, 80), (90, 70), (32, 32), (90, 70), (200, 41)]]
+    got = tp.batch(images)
+    mean, std = torch.tensor(tp.mean).view(-1, 1, 1), torch.tensor(tp.std).view(-1, 1, 1)
+    for image, g in zip(images, got, strict=True):
+        x = TF.resize(image, [tp.resize], interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+        x = TF.center_crop(x, [tp.crop, tp.crop]).float().div(255.0)
+        assert torch.equal(g, (x - mean) / std)
+    assert torch.equal(tp(images[1]), got[1])
+
+
 def test_unsupported_preprocess_and_decoder_are_refused(tmp_path, photos):
     with pytest.raises(OodbenchError, match="--decode pil"):
         TensorPreprocess.from_transform(T.Compose([T.RandomResizedCrop(32), T.ToTensor()]))
