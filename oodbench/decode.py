@@ -207,7 +207,7 @@ def decode_batch(payloads: list[torch.Tensor], kinds: torch.Tensor, idx: torch.T
                 except RuntimeError:
                     decoded[n] = None
     good = [n for n in range(len(jpeg)) if decoded[n] is not None and decoded[n].shape[0] == 3]
-    out = torch.empty(len(payloads), 3, tp.crop, tp.crop, device=device)
+    out = torch.empty(len(payloads), 3, tp.crop, tp.crop, dtype=torch.float32, device=device)
     if good:
         out[torch.tensor([jpeg[n] for n in good], device=device)] = tp.batch([decoded[n] for n in good])
     done = {jpeg[n] for n in good}

@@ -340,3 +340,42 @@ def test_store_reads_are_blockwise_and_identical(tmp_path):
     assert [b.shape[0] for _, b in blocks] == [300, 300, 300, 100]
     np.testing.assert_array_equal(np.concatenate([b for _, b in blocks]), raw)
 
+
+
+def test_norm_bounds_are_upper_bounds_and_tight():
+    """The float32 norms of the bf16 error bound never fall below the float64 norms (scales from
+    1e-30 to 1e30: underflowing and overflowing squares; dimensions 1 to 4096), and stay within
+    1e-3 of them where float32 squares neither underflow nor overflow."""
+    import torch
+
+    from oodbench.scorers.topk import _diff_norms, _row_norms
+
+    rng = np.random.default_rng(0)
+    for d in (1, 3, 768, 4096):
+        x = rng.standard_normal((300, d)) * 10.0 ** rng.uniform(-30, 30, (300, 1))
+        x[:5] = np.abs(x[:5]) + 1.0  # same-sign rows: no cancellation to hide an error
+        xt = torch.from_numpy(x.astype(np.float32))
+        xb = xt.to(torch.bfloat16)
+        exact = np.linalg.norm(xt.double().numpy(), axis=1)
+        bound = _row_norms(xt).numpy()
+        normal = (exact > 1e-15) & (exact < 1e18)
+        assert (bound >= exact).all() and (bound <= exact * (1 + 1e-3))[normal].all()
+        diff = np.linalg.norm(xb.double().numpy() - xt.double().numpy(), axis=1)
+        dbound = _diff_norms(xt, xb).numpy()
+        normal = (diff > 1e-15) & (diff < 1e18)
+        assert (dbound >= diff).all() and (dbound <= diff * (1 + 1e-3))[normal].all()
+
+
+def test_vim_origin_least_squares_equals_pinv():
+    """u = -pinv(W) b: the QR least-squares path (full rank) and the pinv fallback (rank
+    deficient) both equal numpy's pinv."""
+    from oodbench.scorers.distance import _origin
+
+    rng = np.random.default_rng(1)
+    for c, d, rank in ((50, 20, 20), (10, 30, 10), (40, 24, 12)):
+        w = rng.standard_normal((c, rank)) @ rng.standard_normal((rank, d))
+        b = rng.standard_normal(c)
+        data = Inputs.from_arrays("train", head=Head("h", w, b, "embeds"), embeds=np.zeros((4, d), np.float32))
+        _, _, u = _origin(data)
+        ref = -(np.linalg.pinv(w) @ b)
+        np.testing.assert_allclose(u, ref, rtol=1e-9, atol=1e-10 * np.abs(ref).max())

@@ -233,6 +233,9 @@ GEMM_BLOCK_ROWS = 8192
 """Rows per float32 GEMM block whose result is accumulated in float64 (:func:`scatter`)."""
 
 
+_TORCH = {np.float32: torch.float32, np.float64: torch.float64}
+
+
 def _centre_parts(c: np.ndarray | None, dtype: type) -> list[torch.Tensor]:
     """The centre ``c`` (float64) as the tensors to subtract in turn: itself for float64; for
     float32 hi = fl32(c) then lo = fl32(c - hi) (see :func:`centred_blocks`)."""
@@ -262,10 +265,25 @@ def centred_blocks(
     float64 centre c is split as hi + lo (both float32) and x - c computed as (x - hi) - lo:
     each subtraction errs by at most 2^-24 of its result, so the centred value is correct to
     ~2^-23 of itself however large c is (as a float64 subtraction rounded once would be), at
-    float32 speed."""
+    float32 speed.
+
+    Without ``slot`` the yielded tensor is a buffer reused by the next step: use it before
+    asking for the next block."""
     c_parts, m_parts = _centre_parts(center, dtype), _centre_parts(means, dtype)
+    # without class means the rows are centred into one reused buffer (no fresh block per step)
+    buf = torch.empty((min(block, h.shape[0]), h.shape[1]), dtype=_TORCH[dtype]) if slot is None else None
     for rows in chunks(h.shape[0], block):
         x = torch.from_numpy(np.ascontiguousarray(h[rows], dtype=np.float32))
+        if buf is not None:
+            out = buf[: x.shape[0]]
+            if c_parts:
+                torch.sub(x, c_parts[0], out=out)  # float64: x widened exactly by promotion
+                for part in c_parts[1:]:
+                    out.sub_(part)
+            else:
+                out.copy_(x)
+            yield rows, out
+            continue
         if dtype == np.float64:
             x = x.double()
         for part in c_parts:

@@ -10,6 +10,7 @@ from ..console import info
 from ..errors import OodbenchError
 from .base import Param, Scorer, feature_param
 from .common import (
+    GEMM_BLOCK_ROWS,
     centred_blocks,
     chunk_rows,
     chunks,
@@ -267,16 +268,26 @@ def residual_norm(h: np.ndarray, u: np.ndarray, ns: np.ndarray) -> np.ndarray:
     would."""
     basis = torch.from_numpy(np.ascontiguousarray(ns, dtype=np.float32))
     out = np.empty(h.shape[0], np.float64)
+    proj = torch.empty((min(GEMM_BLOCK_ROWS, h.shape[0]), basis.shape[1]), dtype=torch.float32)
     for rows, v in centred_blocks(h, center=np.asarray(u, np.float64)):
-        out[rows] = torch.linalg.vector_norm(v @ basis, dim=1).double().numpy()
+        p = torch.mm(v, basis, out=proj[: v.shape[0]])
+        out[rows] = torch.linalg.vector_norm(p, dim=1).double().numpy()
     return out
 
 
 def _origin(data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     w, b = head_arrays(data)
     if b.any():
-        # -pinv(W) b with numpy's cutoff (rtol 1e-15); torch's LAPACK call: ~2x numpy's here
-        u = -(torch.linalg.pinv(torch.from_numpy(w), rtol=1e-15) @ torch.from_numpy(b)).numpy()
+        wt, bt = torch.from_numpy(w), torch.from_numpy(b)
+        # -pinv(W) b is the minimum-norm least-squares solution of W u = -b. Where W has full
+        # rank (to a strict 1e-10 condition cutoff) that solution is unique, and a QR least-squares
+        # solve (LAPACK gelsy) gives it ~4x faster than the SVD inside pinv (1000 x 768: 0.07 s
+        # vs 0.27 s, equal to 1e-14). Otherwise: pinv with numpy's cutoff (rtol 1e-15).
+        sol = torch.linalg.lstsq(wt, bt[:, None], rcond=1e-10, driver="gelsy")
+        if int(sol.rank) == min(w.shape):
+            u = -sol.solution[:, 0].numpy()
+        else:
+            u = -(torch.linalg.pinv(wt, rtol=1e-15) @ bt).numpy()
     else:
         u = np.zeros(w.shape[1])  # zero-shot heads have b = 0
     return w, b, u
