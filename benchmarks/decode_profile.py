@@ -19,14 +19,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
+from extract_throughput import make_jpegs, sync
 from PIL import Image
 
 from oodbench.data import build_source
 from oodbench.decode import TensorPreprocess
 from oodbench.extract import ExtractOptions, extract_dataset
 from oodbench.models import load_model
-
-from extract_throughput import make_jpegs, sync
 
 
 def per_image_ms(fn, n: int, device: str, repeats: int = 3) -> float:
