@@ -160,6 +160,19 @@ def test_logit_blocks_and_predictions_match_whole_logits(monkeypatch):
     assert "logits" not in x.__dict__  # never materialised
 
 
+def test_logit_blocks_without_keeping():
+    """keep=False: the same values, through one reused buffer, nothing kept on the split; kept
+    logits are still used when a split holds them."""
+    x = _probe_inputs()
+    z = _probe_inputs().logits
+    got = np.concatenate([b.copy() for _, b in logit_blocks(x, budget=10_000, keep=False)])
+    np.testing.assert_allclose(got, z, rtol=1e-6, atol=1e-5)
+    assert "logits" not in x.__dict__
+    x.__dict__["logits"] = z + 1.0  # kept logits win
+    got = np.concatenate([b for _, b in logit_blocks(x, keep=False)])
+    np.testing.assert_array_equal(got, z + 1.0)
+
+
 def test_openmax_and_she_fit_by_blocks_equal_whole_logits(monkeypatch):
     from oodbench.scorers import common
 

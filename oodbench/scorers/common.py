@@ -61,15 +61,17 @@ def logits(data) -> np.ndarray:
     return data.logits
 
 
-def logit_blocks(data, budget: int = CHUNK_BYTES // 4) -> Iterator[tuple[slice, np.ndarray]]:
+def logit_blocks(data, budget: int = CHUNK_BYTES // 4, keep: bool = True) -> Iterator[tuple[slice, np.ndarray]]:
     """Yield (rows, float32 logits of those rows), the same values as ``logits(data)[rows]``.
 
     Uses the cached logits when ``data`` already holds them; otherwise computes them by row
     blocks so that a big split (a 1.28M-row train split has 5 GB of logits) is never
-    materialised whole.
+    materialised whole. ``keep=False``: never compute and keep them whole for later scorers
+    (a caller that needs one pass, e.g. a row reduction); the blocks then go through one
+    reused buffer, valid until the next block is asked for.
     """
     cached = "logits" in getattr(data, "__dict__", {})
-    if not cached and hasattr(type(data), "logits"):
+    if not cached and keep and hasattr(type(data), "logits"):
         # small enough: compute them once and keep them on ``data`` for every later scorer
         n_rows = len(head_features(data))
         cached = n_rows * data.require_head().num_classes * 4 <= LOGITS_KEEP_BYTES
@@ -80,8 +82,13 @@ def logit_blocks(data, budget: int = CHUNK_BYTES // 4) -> Iterator[tuple[slice, 
         return
     h = head_features(data)
     head = data.require_head()
-    for rows in chunks(h.shape[0], chunk_rows(head.num_classes, 4, budget)):
-        yield rows, head.logits(h[rows]).astype(np.float32, copy=False)
+    step = chunk_rows(head.num_classes, 4, budget)
+    buf = np.empty((min(step, h.shape[0]), head.num_classes), np.float32) if not keep else None
+    for rows in chunks(h.shape[0], step):
+        if buf is not None and h.dtype == np.float32:
+            yield rows, head.logits(h[rows], out=buf[: rows.stop - rows.start])
+        else:
+            yield rows, head.logits(h[rows]).astype(np.float32, copy=False)
 
 
 def logits64(data, rows: slice) -> np.ndarray:

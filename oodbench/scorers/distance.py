@@ -329,9 +329,11 @@ class ViM(Scorer):
         eig = _head_eigh(data, h, self.u_)
         self.ns_ = residual_space(h, self.u_, dim, eig)
         residual = residual_norm(h, self.u_, self.ns_)
-        # the head's logits (float32, as every logit score reads them), by row blocks
+        # the head's logits (float32, as every logit score reads them), by row blocks; kept
+        # logits are reused, but ViM alone needs one pass: none are kept for it (in `-m all`
+        # OpenMax and SHE, which keep them, fit before ViM)
         max_logit = np.empty(h.shape[0], np.float64)
-        for r, z in logit_blocks(data):
+        for r, z in logit_blocks(data, keep=False):
             max_logit[r] = z.max(1)
         self.alpha_ = float(max_logit.mean() / max(residual.mean(), 1e-12))
         self.fitted_ = True

@@ -34,16 +34,18 @@ class Head:
     bias: np.ndarray  # (C,)
     input: str = "embeds"
 
-    def logits(self, h: np.ndarray) -> np.ndarray:
+    def logits(self, h: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """``h @ weight.T + bias`` in h's dtype (float32 for stored features), by row blocks
-        into one output array (no (N, C) temporary for the bias). numpy's GEMM, not torch's:
-        on this CPU torch's float32 ``addmm`` errs ~4x more against a float64 product."""
+        into one output array (``out`` if given; no (N, C) temporary for the bias). numpy's
+        GEMM, not torch's: on small shapes torch's float32 ``addmm`` (MKL) errs ~4x more
+        against a float64 product (4.3e-5 vs 9.8e-6 on the test world's 60 x 288 x 6)."""
         h = np.asarray(h)
         w = self.weight.T.astype(h.dtype, copy=False)
         b = self.bias.astype(h.dtype, copy=False)
         if h.ndim != 2:
             return h @ w + b
-        out = np.empty((h.shape[0], w.shape[1]), np.result_type(h.dtype, w.dtype))
+        if out is None:
+            out = np.empty((h.shape[0], w.shape[1]), np.result_type(h.dtype, w.dtype))
         for s in range(0, h.shape[0], 8192):
             np.matmul(h[s : s + 8192], w, out=out[s : s + 8192])
             out[s : s + 8192] += b
