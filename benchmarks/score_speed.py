@@ -70,6 +70,27 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def gemm_rates() -> str:
+    """This machine's matrix-multiply speed now (torch, 2 threads, 4096^3): a shared VM's
+    varies by 1.5x between hours, and every timing here scales with it."""
+    import torch
+
+    torch.set_num_threads(THREADS)
+    out = []
+    for dtype in (torch.float32, torch.bfloat16):
+        a, b = torch.randn(4096, 4096).to(dtype), torch.randn(4096, 4096).to(dtype)
+        a @ b
+        best = min(_timed(torch.matmul, a, b) for _ in range(5))
+        out.append(f"{str(dtype).split('.')[-1]} {2 * 4096**3 / best / 1e9:.0f}")
+    return ", ".join(out) + " GFLOP/s"
+
+
+def _timed(fn, *args) -> float:
+    t = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t
+
+
 def env() -> dict[str, str]:
     e = dict(os.environ)
     e.update({"OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS),
@@ -547,6 +568,9 @@ def write_report(res: dict, out: Path) -> None:
           f"{m['mem_gb']:.0f} GiB RAM; Python {m['python']}, torch {m['torch']}, numpy {m['numpy']}",
           f"- load average at start / end: {res['load_start']} / {res['load_end']} "
           "(the machine is shared: timings are best-of-repeats of isolated runs)",
+          f"- matrix-multiply speed at start / end (torch, 2 threads, 4096³): "
+          f"{res.get('gemm_start', 'not measured')} / {res.get('gemm_end', 'not measured')} "
+          "(issue 8 quotes float32 ≈ 320, bfloat16 ≈ 1,280 for this machine: timings scale with it)",
           f"- command: `{res['command']}`",
           f"- store: {res['store_desc']}", ""]
     sw = res.get("sweep", {})
@@ -610,9 +634,11 @@ def write_report(res: dict, out: Path) -> None:
             pt = PYTORCH_OOD_S.get(name)
             rp = pt / t if pt else None
             meas = res.get("pytorch_ood_measured", {}).get(name)
+            ours_vs_pt = t
             if meas and "error" not in meas:  # the same-machine, same-time run decides
                 pt = round(meas["fit_score_s"], 2)
-                rp = meas["fit_score_s"] / (t + r.get("eval_logits_s", 0.0))
+                ours_vs_pt = t + r.get("eval_logits_s", 0.0)  # its predict computes the logits
+                rp = meas["fit_score_s"] / ours_vs_pt
             goal = GOALS.get(name)
             if goal:
                 base, need = goal
@@ -620,9 +646,8 @@ def write_report(res: dict, out: Path) -> None:
                 goal_s = f"≥ {need:g}× {'OpenOOD' if base == 'openood' else 'pytorch-ood'}"
                 met = "yes" if have >= need else "**no**"
             else:
-                goal_s = "≥ 1× fastest quoted"
-                fastest = min(v for v in (OPENOOD_S[name], pt) if v)
-                met = "yes" if t <= fastest else "**no**"
+                goal_s = "≥ 1× the fastest"
+                met = "yes" if t <= OPENOOD_S[name] and (not pt or ours_vs_pt <= pt) else "**no**"
             L.append(f"| {name} | {fmt_s(t)} | {fmt_s(r['load_s'])} | {OPENOOD_S[name]} | {ro:.1f}× | "
                      f"{pt if pt else '-'} | {f'{rp:.1f}×' if rp else '-'} | {goal_s} | {met} |")
         L.append("")
@@ -707,6 +732,7 @@ def main() -> None:
                     "torch": torch.__version__, "numpy": np.__version__,
                     "mem_gb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30},
         "load_start": loadavg(),
+        "gemm_start": gemm_rates(),
         "store_desc": (f"`{args.store}`: train {meta['train']:,}, val {meta['val']:,}, test {meta['test']:,}, "
                        f"4 OoD × {meta['ood']:,}; 1000 classes; penultimate 768, embeddings 512; "
                        f"GL-MCM patches {meta['local_patches']}"),
@@ -794,6 +820,7 @@ def main() -> None:
             res.setdefault("sweep", {})["full"] = {**full, "from": f"{args.full_from.name} of {old['date']}"}
             res["notes"] += [n + f" (run of {old['date']})" for n in old.get("notes", []) if n.startswith("1.28M")]
     res["load_end"] = loadavg()
+    res["gemm_end"] = gemm_rates()
     write_report(res, args.out)
     dump = {k: v for k, v in res.items() if k != "sweep"}
     dump["sweep"] = {k: ({kk: vv for kk, vv in v.items() if kk != "records"} if isinstance(v, dict) else v)
