@@ -173,6 +173,17 @@ def test_logit_blocks_without_keeping():
     np.testing.assert_array_equal(got, z + 1.0)
 
 
+def test_vim_and_she_fit_without_keeping_train_logits():
+    """ViM and SHE read the train logits in one pass and keep none; their fits equal the fits on
+    a split whose logits are already kept (as in `-m all`, after OpenMax)."""
+    for name, attr, params in (("vim", "alpha_", {"dim": 10}), ("she", "patterns_", {})):
+        x = _probe_inputs()
+        a = make_scorer(name, **params).fit(x)
+        assert "logits" not in x.__dict__
+        b = make_scorer(name, **params).fit(_probe_inputs(cache_logits=True))
+        np.testing.assert_allclose(getattr(a, attr), getattr(b, attr), rtol=1e-12)
+
+
 def test_openmax_and_she_fit_by_blocks_equal_whole_logits(monkeypatch):
     from oodbench.scorers import common
 

@@ -31,15 +31,16 @@ from .common import (
 from .registry import register_scorer
 
 
-def _correct_slots(data, who: str, n_classes: int, min_count: int = 1) -> np.ndarray:
+def _correct_slots(data, who: str, n_classes: int, min_count: int = 1, keep: bool = True) -> np.ndarray:
     """Labels of the fit split with -1 wherever the head's prediction is wrong (or unlabelled).
 
     Raises when a labelled class has fewer than ``min_count`` correctly classified samples.
+    ``keep``: keep the split's logits for later passes (see :func:`logit_blocks`).
     """
     labels = np.asarray(data.labels)
     if not (labels >= 0).any():
         raise OodbenchError(f"{who} needs labelled ID train samples; the train split has none.")
-    pred = predictions(data)
+    pred = predictions(data, keep=keep)
     correct = np.where((pred == labels) & (labels >= 0), labels, -1)
     counts = np.bincount(correct[correct >= 0], minlength=n_classes)
     present = np.unique(labels[labels >= 0])
@@ -75,7 +76,9 @@ class SHE(Scorer):
 
     def fit(self, data) -> SHE:
         n_classes = data.require_head().num_classes
-        correct = _correct_slots(data, self.name, n_classes)
+        # one pass over the train logits: none kept for SHE alone (in `-m all` OpenMax, which
+        # keeps them, fits first)
+        correct = _correct_slots(data, self.name, n_classes, keep=False)
         self.patterns_ = _correct_means(head_features(data), correct, n_classes, self.name)
         self.fitted_ = True
         return self

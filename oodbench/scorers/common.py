@@ -113,10 +113,11 @@ def logits64(data, rows: slice) -> np.ndarray:
     return memo(data, ("logits64", head.name, head.input, id(head.weight)), compute)[rows]
 
 
-def predictions(data) -> np.ndarray:
-    """(N,) argmax of the head's logits, computed by row blocks (see :func:`logit_blocks`)."""
+def predictions(data, keep: bool = True) -> np.ndarray:
+    """(N,) argmax of the head's logits, computed by row blocks (see :func:`logit_blocks`;
+    ``keep=False`` for a caller that needs no other pass over them)."""
     out = np.empty(len(head_features(data)), np.int64)
-    for rows, z in logit_blocks(data):
+    for rows, z in logit_blocks(data, keep=keep):
         out[rows] = z.argmax(1)
     return out
 
