@@ -331,7 +331,7 @@ class ViM(Scorer):
         residual = residual_norm(h, self.u_, self.ns_)
         # the head's logits (float32, as every logit score reads them), by row blocks; kept
         # logits are reused, but ViM alone needs one pass: none are kept for it (in `-m all`
-        # OpenMax and SHE, which keep them, fit before ViM)
+        # OpenMax, which keeps them, fits before ViM)
         max_logit = np.empty(h.shape[0], np.float64)
         for r, z in logit_blocks(data, keep=False):
             max_logit[r] = z.max(1)
