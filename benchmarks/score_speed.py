@@ -70,6 +70,14 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def open_store(store: Path):
+    """(meta, Store, Benchmark) of a store written by make_imagenet_scale_store.py."""
+    from oodbench.config import load_catalogue
+    from oodbench.store import Store
+
+    return meta_of(store), Store(store), load_catalogue(store / f"{BENCH}.yaml").benchmark(BENCH)
+
+
 def gemm_rates() -> str:
     """This machine's matrix-multiply speed now (torch, 2 threads, 4096^3): a shared VM's
     varies by 1.5x between hours, and every timing here scales with it."""
@@ -112,14 +120,10 @@ def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(THREADS)
     os.environ["OODBENCH_FIT_CACHE"] = "0"
     from oodbench import engine
-    from oodbench.config import load_catalogue
     from oodbench.scorers import get_scorer
-    from oodbench.store import Store
 
     store = Path(args.store)
-    meta = meta_of(store)
-    st = Store(store)
-    bench = load_catalogue(store / f"{BENCH}.yaml").benchmark(BENCH)
+    meta, st, bench = open_store(store)
     methods = [args.worker]
     overrides = engine.parse_overrides(list(args.param or []), methods)
     scorer = get_scorer(args.worker)
@@ -176,14 +180,10 @@ def ptood_worker(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(THREADS)
     from oodbench import engine
-    from oodbench.config import load_catalogue
     from oodbench.scorers import get_scorer
-    from oodbench.store import Store
 
     store = Path(args.store)
-    meta = meta_of(store)
-    st = Store(store)
-    bench = load_catalogue(store / f"{BENCH}.yaml").benchmark(BENCH)
+    meta, st, bench = open_store(store)
     view = engine.load_model_view(st, meta["model_key"], bench)
     head = engine.make_head(view, "linear")
     t0 = time.perf_counter()
@@ -313,17 +313,13 @@ def reference_checks(store: Path, head_name: str, records: dict, params: list[st
     from scipy.special import logsumexp, softmax
 
     from oodbench import engine
-    from oodbench.config import load_catalogue
     from oodbench.scorers import make_scorer
     from oodbench.scorers.common import seeded_subset
     from oodbench.scorers.inputs import l2_normalize
-    from oodbench.store import Store
 
     torch.set_num_threads(THREADS)
     faiss.omp_set_num_threads(THREADS)
-    meta = meta_of(store)
-    st = Store(store)
-    bench = load_catalogue(store / f"{BENCH}.yaml").benchmark(BENCH)
+    meta, st, bench = open_store(store)
     view = engine.load_model_view(st, meta["model_key"], bench)
     head = engine.make_head(view, head_name)
     train = engine.load_inputs(st, view, bench.id_train, head, "train")
@@ -516,15 +512,11 @@ def knn_stats(store: Path, n_queries: int = 4096) -> str:
     import torch
 
     from oodbench import engine
-    from oodbench.config import load_catalogue
     from oodbench.scorers.inputs import l2_normalize
     from oodbench.scorers.topk import InnerProductIndex
-    from oodbench.store import Store
 
     torch.set_num_threads(THREADS)
-    meta = meta_of(store)
-    st = Store(store)
-    bench = load_catalogue(store / f"{BENCH}.yaml").benchmark(BENCH)
+    meta, st, bench = open_store(store)
     view = engine.load_model_view(st, meta["model_key"], bench)
     head = engine.make_head(view, "zeroshot")
     lines = ["| feature | bank | queries | candidates / query (k = 50) | exhaustive rows | s per 1,000 queries |",

@@ -104,13 +104,8 @@ class TensorPreprocess:
         out = torch.empty(len(images), 3, self.crop, self.crop, dtype=torch.uint8, device=device)
         mode = InterpolationMode(self.interpolation)
         for ks in groups.values():
-            x = images[ks[0]][None] if len(ks) == 1 else torch.stack([images[k] for k in ks])
-            x = TF.resize(x, [self.resize], interpolation=mode, antialias=True)
-            x = TF.center_crop(x, [self.crop, self.crop])
-            if len(ks) == 1:
-                out[ks[0]] = x[0]
-            else:
-                out[torch.tensor(ks, device=device)] = x
+            x = TF.resize(torch.stack([images[k] for k in ks]), [self.resize], interpolation=mode, antialias=True)
+            out[torch.tensor(ks, device=device)] = TF.center_crop(x, [self.crop, self.crop])
         x = out.float().div_(255.0)
         mean = torch.tensor(self.mean, device=device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=device).view(1, -1, 1, 1)

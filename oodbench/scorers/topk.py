@@ -62,22 +62,15 @@ def _norm_upper(x: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(n * n + 2.0 * d * 2.0**-126)
 
 
-def _row_norms(x: torch.Tensor) -> torch.Tensor:
-    """Upper bounds on the L2 norms of the rows of a float32/bf16 tensor, in chunks."""
+def _row_norms(x: torch.Tensor, minus: torch.Tensor | None = None) -> torch.Tensor:
+    """Upper bounds on the L2 norms of the rows of a float32/bf16 tensor, or of
+    float(x) - ``minus`` (for x = bf16(minus): the bf16 rounding error; the float32 difference
+    of a float32 value and its bf16 rounding is exact), in chunks."""
     out = torch.empty(x.shape[0], dtype=torch.float64)
     step = max(1, (32 * 2**20) // max(1, 4 * x.shape[1]))
     for s in range(0, x.shape[0], step):
-        out[s : s + step] = _norm_upper(x[s : s + step].float())
-    return out
-
-
-def _diff_norms(x: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
-    """Upper bounds on the norms of the rows of float(xb) - x (the bf16 rounding error; the
-    float32 difference of a float32 value and its bf16 rounding is exact), in chunks."""
-    out = torch.empty(x.shape[0], dtype=torch.float64)
-    step = max(1, (32 * 2**20) // max(1, 4 * x.shape[1]))
-    for s in range(0, x.shape[0], step):
-        out[s : s + step] = _norm_upper(xb[s : s + step].float() - x[s : s + step])
+        v = x[s : s + step].float()
+        out[s : s + step] = _norm_upper(v if minus is None else v - minus[s : s + step])
     return out
 
 
@@ -191,7 +184,7 @@ class InnerProductIndex:
             self.bank_bf = self.bank.to(torch.bfloat16)
             self.norm_max = float(_row_norms(self.bank).max())
             self.norm_hat_max = float(_row_norms(self.bank_bf).max())
-            self.err_max = float(_diff_norms(self.bank, self.bank_bf).max())
+            self.err_max = float(_row_norms(self.bank_bf, minus=self.bank).max())
 
     # -- exact float32 search (small banks, fallback rows, reference) --------------------------
     def _exact(self, q: torch.Tensor, k: int) -> torch.Tensor:
@@ -284,7 +277,7 @@ class InnerProductIndex:
         if self._buf is None or self._buf.shape[0] < min(step, q_all.shape[0]):
             self._buf = torch.empty(min(step, q_all.shape[0]), n_bank, dtype=torch.bfloat16)
         qb_all = q_all.to(torch.bfloat16)
-        norms = (_row_norms(q_all), _row_norms(qb_all), _diff_norms(q_all, qb_all))
+        norms = (_row_norms(q_all), _row_norms(qb_all), _row_norms(qb_all, minus=q_all))
         for s in range(0, q_all.shape[0], step):
             part = tuple(x[s : s + step] for x in norms)
             out[s : s + step] = self._search_chunk(
