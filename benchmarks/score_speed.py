@@ -228,6 +228,41 @@ def run_ptood(store: Path, method: str, tmp: Path) -> dict:
     return json.loads(js.read_text())
 
 
+def run_pairs(store: Path, method: str, tmp: Path, n: int) -> list[dict]:
+    """``n`` back-to-back pairs (ours with the linear head, then pytorch-ood, or the other way
+    round on odd pairs) of fresh processes on the same arrays. Both halves of a pair run
+    seconds apart, so they see the same machine speed; the ratio is taken per pair (pytorch-ood
+    fit+predict / ours fit+score+eval logits, which its predict computes). A shared VM's speed
+    drifts by 1.5x over minutes: ratios of phases run minutes apart measure the drift."""
+    out = []
+    for i in range(n):
+        first_ours = i % 2 == 0
+        runs = {}
+        for who in (("ours", "ptood") if first_ours else ("ptood", "ours")):
+            runs[who] = (run_worker(store, method, "linear", [], tmp, 1) if who == "ours"
+                         else run_ptood(store, method, tmp))
+        o, p = runs["ours"], runs["ptood"]
+        if "error" in o or "error" in p:
+            out.append({"error": o.get("error") or p.get("error")})
+            continue
+        ours = o["fit_score_s"] + o["eval_logits_s"]
+        out.append({"order": "ours first" if first_ours else "pytorch-ood first",
+                    "ours_fit_s": o["fit_s"], "ours_score_s": o["score_s"], "ours_eval_logits_s": o["eval_logits_s"],
+                    "ours_s": ours, "ptood_fit_s": p["fit_s"], "ptood_predict_s": p["score_s"],
+                    "ptood_s": p["fit_score_s"], "ratio": p["fit_score_s"] / ours, "loadavg": p["loadavg"]})
+    return out
+
+
+def pair_summary(pairs: list[dict]) -> dict | None:
+    """Median, min and max of the per-pair ratios (pytorch-ood seconds / ours)."""
+    r = sorted(x["ratio"] for x in pairs if "ratio" in x)
+    if not r:
+        return None
+    return {"median": float(np.median(r)), "min": r[0], "max": r[-1], "n": len(r),
+            "ours_median_s": float(np.median([x["ours_s"] for x in pairs if "ratio" in x])),
+            "ptood_median_s": float(np.median([x["ptood_s"] for x in pairs if "ratio" in x]))}
+
+
 def run_worker(store: Path, method: str, head: str, params: list[str], tmp: Path, repeat: int) -> dict:
     best = None
     for i in range(repeat):
@@ -609,11 +644,12 @@ def write_report(res: dict, out: Path) -> None:
               f"fc) and `{' '.join('--param ' + p for p in OPENOOD_PARAMS)}`: the arrays of the quoted "
               "runs. OpenOOD: whole process, ~5 s of it loading; pytorch-ood: fit + predict, loading "
               "excluded. Ours: fit + score, loading excluded (add the load column for whole-process).", "",
-              "pytorch-ood for ViM and SHE: measured here, in the same run (`pytorch_ood.detector` "
-              "0.4 `fit_features` + `predict_features` on the same arrays, loading excluded; the "
-              "quoted 3.4 s / 2.5 s came from another run of the machine), and compared with ours "
-              "*plus* the eval splits' logits, which its predict computes and our engine shares "
-              "between scorers (see the next table).", "",
+              "pytorch-ood for ViM and SHE: measured here, in interleaved pairs with ours "
+              "(`pytorch_ood.detector` 0.4 `fit_features` + `predict_features` on the same arrays, "
+              "loading excluded; the quoted 3.4 s / 2.5 s came from another run of the machine): "
+              "the column gives the median of the per-pair seconds and ratios, ours counted *with* "
+              "the eval splits' logits, which its predict computes and our engine shares between "
+              "scorers (see the next table).", "",
               "| scorer | ours fit+score s | ours load s | OpenOOD s | × faster | pytorch-ood s | × faster | goal | met |",
               "|---|---:|---:|---:|---:|---:|---:|---|---|"]
         for name in OPENOOD_S:
@@ -625,12 +661,12 @@ def write_report(res: dict, out: Path) -> None:
             ro = OPENOOD_S[name] / t
             pt = PYTORCH_OOD_S.get(name)
             rp = pt / t if pt else None
-            meas = res.get("pytorch_ood_measured", {}).get(name)
+            summ = pair_summary(res.get("pytorch_ood_pairs", {}).get(name, []))
             ours_vs_pt = t
-            if meas and "error" not in meas:  # the same-machine, same-time run decides
-                pt = round(meas["fit_score_s"], 2)
-                ours_vs_pt = t + r.get("eval_logits_s", 0.0)  # its predict computes the logits
-                rp = meas["fit_score_s"] / ours_vs_pt
+            if summ:  # the interleaved same-machine pairs decide
+                pt = round(summ["ptood_median_s"], 2)
+                ours_vs_pt = summ["ours_median_s"]
+                rp = summ["median"]
             goal = GOALS.get(name)
             if goal:
                 base, need = goal
@@ -643,23 +679,31 @@ def write_report(res: dict, out: Path) -> None:
             L.append(f"| {name} | {fmt_s(t)} | {fmt_s(r['load_s'])} | {OPENOOD_S[name]} | {ro:.1f}× | "
                      f"{pt if pt else '-'} | {f'{rp:.1f}×' if rp else '-'} | {goal_s} | {met} |")
         L.append("")
-    pm = res.get("pytorch_ood_measured")
-    if pm:
-        L += ["## pytorch-ood 0.4, measured on this machine in this run", "",
+    pp = res.get("pytorch_ood_pairs")
+    if pp:
+        L += ["## pytorch-ood 0.4 against ours, interleaved pairs on this machine in this run", "",
               "Same arrays as the OpenOOD-shape rows (linear 1000 × 768 head on the penultimate "
-              "feature), 2 torch threads, best of the repeats. Ours + logits: our fit + score plus "
-              "the time to compute the five eval splits' logits (shared by every scorer in a sweep, "
-              "so not in our per-scorer column above).", "",
-              "| scorer | pytorch-ood fit s | predict s (5 splits) | fit+predict s | ours fit+score s | "
-              "ours + eval logits s | × faster |", "|---|---:|---:|---:|---:|---:|---:|"]
-        for name, p in pm.items():
-            r = oo.get(name, {})
-            if "error" in p or "error" in r or not r:
-                L.append(f"| {name} | {p.get('error', r.get('error', 'not run'))[:120]} | | | | | |")
-                continue
-            ours = r["fit_score_s"] + r.get("eval_logits_s", 0.0)
-            L.append(f"| {name} | {fmt_s(p['fit_s'])} | {fmt_s(p['score_s'])} | {fmt_s(p['fit_score_s'])} | "
-                     f"{fmt_s(r['fit_score_s'])} | {fmt_s(ours)} | {p['fit_score_s'] / ours:.2f}× |")
+              "feature), 2 torch threads, each run a fresh process. A pair is ours and pytorch-ood "
+              "back to back (who goes first alternates), so both see the same machine speed; the "
+              "ratio is pytorch-ood's fit + predict over ours. Ours: fit + score plus the time to "
+              "compute the five eval splits' logits (its predict computes them; a sweep shares "
+              "them between scorers, so they are not in our per-scorer column above).", "",
+              "| scorer | pair | first | pytorch-ood fit s | predict s (5 splits) | fit+predict s | "
+              "ours fit s | score s | eval logits s | ours total s | × faster |",
+              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for name, pairs in pp.items():
+            for i, x in enumerate(pairs, 1):
+                if "ratio" not in x:
+                    L.append(f"| {name} | {i} | error: {x['error'][:120]} | | | | | | | | |")
+                    continue
+                L.append(f"| {name} | {i} | {x['order'].split()[0]} | {fmt_s(x['ptood_fit_s'])} | "
+                         f"{fmt_s(x['ptood_predict_s'])} | {fmt_s(x['ptood_s'])} | {fmt_s(x['ours_fit_s'])} | "
+                         f"{fmt_s(x['ours_score_s'])} | {fmt_s(x['ours_eval_logits_s'])} | {fmt_s(x['ours_s'])} | "
+                         f"{x['ratio']:.2f}× |")
+            sm = pair_summary(pairs)
+            if sm:
+                L.append(f"| **{name}** | median of {sm['n']} | | | | {fmt_s(sm['ptood_median_s'])} | | | | "
+                         f"{fmt_s(sm['ours_median_s'])} | **{sm['median']:.2f}×** (range {sm['min']:.2f}–{sm['max']:.2f}) |")
         L.append("")
     for key, title in (("checks", "default configuration"), ("checks_openood", "OpenOOD shapes")):
         ch = res.get(key)
@@ -694,6 +738,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="isolated runs per scorer (best time kept)")
     ap.add_argument("--skip", default="", help="comma-separated phases to skip: per,sweep,openood,check")
     ap.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    ap.add_argument("--pairs", type=int, default=6,
+                    help="interleaved ours/pytorch-ood pairs for ViM and SHE (ratio per pair, median reported)")
     ap.add_argument("--full-from", type=Path, default=None,
                     help="take the 1.28M-row sweep from this earlier RESULTS.json instead of re-running it")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -769,13 +815,14 @@ def main() -> None:
                            tmp, args.repeat)
             res["openood"][name] = r
             print(f"[openood] {name:12s} " + (f"fit+score {r['fit_score_s']:.2f}s" if "error" not in r else r["error"]), flush=True)
-        res["pytorch_ood_measured"] = {}
+        res["pytorch_ood_pairs"] = {}
         for name in ("vim", "she"):
-            runs = [run_ptood(args.store, name, tmp) for _ in range(args.repeat)]
-            ok = [r for r in runs if "error" not in r]
-            r = min(ok, key=lambda r: r["fit_score_s"]) if ok else runs[0]
-            res["pytorch_ood_measured"][name] = r
-            print(f"[pytorch-ood] {name:12s} " + (f"fit+predict {r['fit_score_s']:.2f}s" if "error" not in r else r["error"]), flush=True)
+            pairs = run_pairs(args.store, name, tmp, args.pairs)
+            res["pytorch_ood_pairs"][name] = pairs
+            for x in pairs:
+                print(f"[pytorch-ood pair] {name:5s} " + (
+                    f"ours {x['ours_s']:.2f}s pytorch-ood {x['ptood_s']:.2f}s ratio {x['ratio']:.2f} ({x['order']})"
+                    if "ratio" in x else x["error"]), flush=True)
         if "check" not in skip:
             sweep = run_sweep(args.store, ",".join(OPENOOD_S), "linear", OPENOOD_PARAMS, cold=False)
             if sweep["records"]:

@@ -403,3 +403,44 @@ def test_vim_origin_least_squares_equals_pinv():
         _, _, u = _origin(data)
         ref = -(np.linalg.pinv(w) @ b)
         np.testing.assert_allclose(u, ref, rtol=1e-9, atol=1e-10 * np.abs(ref).max())
+
+
+def test_vim_origin_folded_into_products_keeps_float32_precision(monkeypatch):
+    """ViM / Residual fold the origin u into the float32 products (no centring pass) where
+    ||u|| is at most half the RMS of ||h - u||: scatter and residual norms then equal float64
+    references to float32 precision. Rows clustered far from 0 around u would lose digits
+    folded: there the guard says no and the rows are centred first."""
+    from oodbench.scorers import distance
+    from oodbench.scorers.distance import centred_scatter, fold_ok, residual_norm
+
+    rng = np.random.default_rng(3)
+    n, d = 20_000, 48  # > GEMM_BLOCK_ROWS: several blocks
+    spread = rng.normal(size=(n, d)) * np.linspace(0.2, 3.0, d)
+    ns = np.linalg.qr(rng.normal(size=(d, d // 2)))[0]
+    for far, folds in ((0.3, True), (300.0, False)):
+        centre = far * rng.normal(size=d) / np.sqrt(d) * np.sqrt((spread ** 2).sum(1).mean())
+        h = (centre + spread).astype(np.float32)
+        u = centre + 0.1 * rng.normal(size=d)
+        c = h.astype(np.float64) - u
+        assert fold_ok(u, float((c ** 2).sum(1).mean())) is folds
+        ref = c.T @ c
+        assert np.abs(centred_scatter(h, u) - ref).max() <= 1e-6 * np.abs(ref).max()
+        r_ref = np.linalg.norm(c @ ns, axis=1)
+        err = {f: np.abs(residual_norm(h, u, ns, fold=f) - r_ref).max() / r_ref.max() for f in (True, False)}
+        assert err[False] <= 1e-6
+        if folds:
+            assert err[True] <= 1e-6
+        else:  # why the guard exists
+            assert err[True] > 30 * err[False]
+    # the scorers record the choice and score as the centred path does
+    x = _probe_inputs(n=3000, d=40)
+    test = _probe_inputs(n=800, d=40, seed=9)
+    for name, params in (("vim", {"dim": 10}), ("residual", {"dim": 10})):
+        a = make_scorer(name, **params).fit(x)
+        assert a.fold_ is True
+        monkeypatch.setattr(distance, "fold_ok", lambda u, m: False)
+        b = make_scorer(name, **params).fit(_probe_inputs(n=3000, d=40))
+        monkeypatch.undo()
+        assert b.fold_ is False
+        sa, sb = a.score(test), b.score(test)
+        assert np.abs(sa - sb).max() <= 1e-5 * np.abs(sb).max()

@@ -236,9 +236,44 @@ class RMDS(Scorer):
         return out
 
 
+def fold_ok(u: np.ndarray, mean_sq: float) -> bool:
+    """Whether the origin ``u`` may be folded into float32 products of the raw rows h instead
+    of centring every row first: ||u|| at most half the RMS of ||h - u|| (``mean_sq`` is the
+    mean of ||h - u||^2).
+
+    A float32 product of h errs by ~eps * ||h|| * ||other||, of h - u by ~eps * ||h - u|| *
+    ||other||; with ||u|| <= RMS / 2 that is at most 1.5x (2.25x for squares) for a row of
+    typical norm, the same order as the centred path, and it saves a pass over the rows."""
+    return bool(4.0 * float(np.dot(u, u)) <= mean_sq)
+
+
+def centred_scatter(h: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Sum of (h_i - u)(h_i - u)^T in float64, from float32 products by row blocks.
+
+    The origin is folded in: H^T H - u s^T - s u^T + N u u^T, with H^T H by blocks (numpy's
+    symmetric product) and the column sums s by a float32 GEMV per block, both accumulated in
+    float64 (no centring pass over the rows). Where :func:`fold_ok` says the fold would lose
+    float32 precision (||u|| large against the spread), the rows are centred first
+    (:func:`scatter`). For ViM / Residual, whose eigen-subspaces only need float32 precision."""
+    n, d = h.shape
+    hh, s = np.zeros((d, d), np.float64), np.zeros(d, np.float64)
+    ones = np.ones(min(GEMM_BLOCK_ROWS, n), np.float32)
+    for rows in chunks(n, GEMM_BLOCK_ROWS):
+        x = np.ascontiguousarray(h[rows], dtype=np.float32)
+        hh += x.T @ x
+        s += ones[: x.shape[0]] @ x
+    u = np.asarray(u, np.float64)
+    us = np.outer(u, s)
+    out = hh - us - us.T + n * np.outer(u, u)
+    if not fold_ok(u, float(np.trace(out)) / max(n, 1)):
+        return scatter(h, center=u, dtype=np.float32)
+    return out
+
+
 def centred_eigh(h: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Eigen-decomposition of the (uncentred) covariance of h - u."""
-    cov = scatter(h, center=u, dtype=np.float32) / h.shape[0]  # only eigen-subspaces are used
+    """Eigen-decomposition of the (uncentred) covariance of h - u (:func:`centred_scatter`;
+    its eigenvalues sum to the mean of ||h - u||^2)."""
+    cov = centred_scatter(h, u) / h.shape[0]  # only eigen-subspaces are used
     with lapack_single_thread():
         return np.linalg.eigh(cov)
 
@@ -258,19 +293,28 @@ def _head_eigh(data, h: np.ndarray, u: np.ndarray):
     return memo(data, key, lambda: centred_eigh(h, u))
 
 
-def residual_norm(h: np.ndarray, u: np.ndarray, ns: np.ndarray) -> np.ndarray:
+def residual_norm(h: np.ndarray, u: np.ndarray, ns: np.ndarray, fold: bool = False) -> np.ndarray:
     """||(h - u) P_perp|| per row, ``ns`` (D, R) an orthonormal basis of the residual space.
 
-    Rows are centred to float32 precision (:func:`centred_blocks`); the projection is a
-    float32 GEMM (relative error ~1e-6 of the norm). The norm is taken from the projection
-    onto ``ns`` itself, never as ||v||^2 - ||v P||^2 with the principal space: that
-    difference cancels when the residual is a small part of the feature, and in float32 it
-    would."""
+    The projection is a float32 GEMM (relative error ~1e-6 of the norm). ``fold`` (only where
+    :func:`fold_ok` holds): (h - u) ns computed as h ns - (u ns), u ns in float64, with no
+    centring pass; otherwise the rows are centred to float32 precision first
+    (:func:`centred_blocks`). The norm is taken from the projection onto ``ns`` itself, never
+    as ||v||^2 - ||v P||^2 with the principal space: that difference cancels when the
+    residual is a small part of the feature, and in float32 it would."""
     basis = torch.from_numpy(np.ascontiguousarray(ns, dtype=np.float32))
     out = np.empty(h.shape[0], np.float64)
     proj = torch.empty((min(GEMM_BLOCK_ROWS, h.shape[0]), basis.shape[1]), dtype=torch.float32)
-    for rows, v in centred_blocks(h, center=np.asarray(u, np.float64)):
+    if fold:
+        shift = torch.from_numpy((np.asarray(u, np.float64) @ np.asarray(ns, np.float64)).astype(np.float32))
+        blocks = ((r, torch.from_numpy(np.ascontiguousarray(h[r], dtype=np.float32)))
+                  for r in chunks(h.shape[0], GEMM_BLOCK_ROWS))
+    else:
+        blocks = centred_blocks(h, center=np.asarray(u, np.float64))
+    for rows, v in blocks:
         p = torch.mm(v, basis, out=proj[: v.shape[0]])
+        if fold:
+            p.sub_(shift)
         out[rows] = torch.linalg.vector_norm(p, dim=1).double().numpy()
     return out
 
@@ -328,7 +372,8 @@ class ViM(Scorer):
         w, b, self.u_ = _origin(data)
         eig = _head_eigh(data, h, self.u_)
         self.ns_ = residual_space(h, self.u_, dim, eig)
-        residual = residual_norm(h, self.u_, self.ns_)
+        self.fold_ = fold_ok(self.u_, float(eig[0].sum()))
+        residual = residual_norm(h, self.u_, self.ns_, fold=self.fold_)
         # the head's logits (float32, as every logit score reads them), by row blocks; kept
         # logits are reused, but ViM alone needs one pass: none are kept for it (in `-m all`
         # OpenMax, which keeps them, fits before ViM)
@@ -346,7 +391,7 @@ class ViM(Scorer):
         e = np.concatenate(
             [energy(z[r]) for r in chunks(z.shape[0], chunk_rows(z.shape[1]))]
         )
-        return e - self.alpha_ * residual_norm(h, self.u_, self.ns_)
+        return e - self.alpha_ * residual_norm(h, self.u_, self.ns_, fold=getattr(self, "fold_", False))
 
 
 @register_scorer
@@ -375,10 +420,12 @@ class Residual(Scorer):
         if self.dim_ != self.dim:
             info(f"residual: dim={self.dim} ≥ feature dimension {d}, using dim={self.dim_}")
         _, _, self.u_ = _origin(data)
-        self.ns_ = residual_space(h, self.u_, self.dim_, _head_eigh(data, h, self.u_))
+        eig = _head_eigh(data, h, self.u_)
+        self.ns_ = residual_space(h, self.u_, self.dim_, eig)
+        self.fold_ = fold_ok(self.u_, float(eig[0].sum()))
         self.fitted_ = True
         return self
 
     def score(self, data) -> np.ndarray:
         self.check_fitted()
-        return -residual_norm(head_features(data), self.u_, self.ns_)
+        return -residual_norm(head_features(data), self.u_, self.ns_, fold=getattr(self, "fold_", False))
