@@ -444,3 +444,20 @@ def test_vim_origin_folded_into_products_keeps_float32_precision(monkeypatch):
         assert b.fold_ is False
         sa, sb = a.score(test), b.score(test)
         assert np.abs(sa - sb).max() <= 1e-5 * np.abs(sb).max()
+    # data clustered far from 0 around the origin u = -pinv(W) b = centre (W has full column
+    # rank): the scorer must choose to centre, and score with the centred path
+    d, c_far = 40, 300.0
+    centre = c_far * rng.normal(size=d) / np.sqrt(d) * np.sqrt(d * 3.0)
+    w = rng.normal(size=(60, d)).astype(np.float32)
+    head = Head("far", w, (-w.astype(np.float64) @ centre).astype(np.float32), "penultimate")
+    far = lambda m, seed: Inputs.from_arrays(  # noqa: E731
+        "train", head=head, labels=np.zeros(m, int),
+        penultimate=(centre + np.random.default_rng(seed).normal(size=(m, d)) * np.linspace(0.5, 3, d)).astype(np.float32))
+    r = make_scorer("residual", dim=10).fit(far(12_000, 1))
+    assert r.fold_ is False
+    test_far = far(2000, 2)
+    h64 = test_far.features("penultimate").astype(np.float64)
+    ref = -np.linalg.norm((h64 - r.u_) @ r.ns_.astype(np.float64), axis=1)
+    assert np.abs(r.score(test_far) - ref).max() <= 1e-6 * np.abs(ref).max()
+    r.fold_ = True  # what folding would have cost here
+    assert np.abs(r.score(test_far) - ref).max() > 1e-5 * np.abs(ref).max()
