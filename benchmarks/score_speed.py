@@ -78,6 +78,18 @@ def open_store(store: Path):
     return meta_of(store), Store(store), load_catalogue(store / f"{BENCH}.yaml").benchmark(BENCH)
 
 
+def code_version() -> str:
+    """The git commit the run used (and whether the tree had uncommitted changes)."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=HERE,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return f"{rev}{' with uncommitted changes' if dirty else ''}"
+
+
 def gemm_rates() -> str:
     """This machine's matrix-multiply speed now (torch, 2 threads, 4096^3): a shared VM's
     varies by 1.5x between hours, and every timing here scales with it."""
@@ -598,7 +610,7 @@ def write_report(res: dict, out: Path) -> None:
           f"- matrix-multiply speed at start / end (torch, 2 threads, 4096³): "
           f"{res.get('gemm_start', 'not measured')} / {res.get('gemm_end', 'not measured')} "
           "(issue 8 quotes float32 ≈ 320, bfloat16 ≈ 1,280 for this machine: timings scale with it)",
-          f"- command: `{res['command']}`",
+          f"- command: `{res['command']}`; code: {res.get('code', 'not recorded')}",
           f"- store: {res['store_desc']}", ""]
     sw = res.get("sweep", {})
     if sw:
@@ -777,6 +789,7 @@ def main() -> None:
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
                     "torch": torch.__version__, "numpy": np.__version__,
                     "mem_gb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30},
+        "code": code_version(),
         "load_start": loadavg(),
         "gemm_start": gemm_rates(),
         "store_desc": (f"`{args.store}`: train {meta['train']:,}, val {meta['val']:,}, test {meta['test']:,}, "
