@@ -78,6 +78,42 @@ def open_store(store: Path):
     return meta_of(store), Store(store), load_catalogue(store / f"{BENCH}.yaml").benchmark(BENCH)
 
 
+def store_shapes(store: Path) -> dict:
+    """Class count, feature widths and text-bank sizes of a synthetic store, read from it."""
+    from oodbench import engine
+
+    meta, st, bench = open_store(store)
+    view = engine.load_model_view(st, meta["model_key"], bench)
+    text = {k: b.embeds.shape for k, b in view.text.items()}
+    lin = view.linear
+    return {"classes": text["classes"][1] if "classes" in text else None,
+            "embed_dim": text["classes"][2] if "classes" in text else None,
+            "penultimate_dim": (int(lin.weight.shape[1]) if lin is not None else None),
+            "negatives": text.get("negatives", (0, 0))[1], "outliers": text.get("outliers", (0, 0))[1]}
+
+
+def failures(res: dict) -> list[str]:
+    """Everything that did not run or did not check out: the report says so at its top and the
+    run exits non-zero, so a partial result never reads as a complete one."""
+    out = []
+    for phase in ("per_scorer", "openood"):
+        out += [f"{phase} {m}: {r['error']}" for m, r in res.get(phase, {}).items() if "error" in r]
+    for k, r in res.get("sweep", {}).items():
+        if isinstance(r, dict) and r.get("rc", 0) != 0:
+            out.append(f"sweep {k}: exit status {r['rc']}: {' '.join((r.get('tail') or '').splitlines()[-1:])}")
+    sw = res.get("sweep", {})
+    if sw.get("warm_equal") is False:
+        out.append("sweep: warm scores differ from cold scores")
+    if res.get("openood_check_rc", 0) != 0:
+        out.append(f"OpenOOD-shape check sweep: exit status {res['openood_check_rc']}")
+    for m, pairs in res.get("pytorch_ood_pairs", {}).items():
+        out += [f"pytorch-ood pair {m}: {x['error']}" for x in pairs if "error" in x]
+    for key in ("checks", "checks_openood"):
+        out += [f"{key} {c['method']}: scores differ from the reference (max rel {c['max_rel_diff']:.1e})"
+                for c in res.get(key, []) if not c["ok"]]
+    return out
+
+
 def code_version() -> str:
     """The git commit the run used (and whether the tree had uncommitted changes)."""
     try:
@@ -354,8 +390,14 @@ def run_sweep(store: Path, methods: str, head: str, params: list[str], cold: boo
 
 def reference_checks(store: Path, head_name: str, records: dict, params: list[str], n_id: int = 400,
                      n_ood: int = 100, seed: int = 0) -> list[dict]:
-    """Straightforward implementations of the heavy scorers on a subsample, vs the sweep's scores."""
-    import faiss
+    """Straightforward implementations of the heavy scorers on a subsample, vs the sweep's scores.
+
+    KNN's reference is faiss's flat index (OpenOOD's KNN) where faiss is installed
+    (``pip install -e .[faiss]``), else a float64 brute force over the whole bank."""
+    try:
+        import faiss
+    except ImportError:
+        faiss = None
     import torch
     from scipy.special import logsumexp, softmax
 
@@ -365,7 +407,8 @@ def reference_checks(store: Path, head_name: str, records: dict, params: list[st
     from oodbench.scorers.inputs import l2_normalize
 
     torch.set_num_threads(THREADS)
-    faiss.omp_set_num_threads(THREADS)
+    if faiss is not None:
+        faiss.omp_set_num_threads(THREADS)
     meta, st, bench = open_store(store)
     view = engine.load_model_view(st, meta["model_key"], bench)
     head = engine.make_head(view, head_name)
@@ -413,13 +456,21 @@ def reference_checks(store: Path, head_name: str, records: dict, params: list[st
             k = 50
             space = feature_of(m)
             bank = l2_normalize(train.features(space)).astype(np.float32)
-            index = faiss.IndexFlatL2(bank.shape[1])
-            index.add(bank)
             ref = {}
-            for d, x in sub(space).items():
-                dist, _ = index.search(l2_normalize(x.astype(np.float32)), k)
-                ref[d] = -np.sqrt(np.clip(dist[:, -1].astype(np.float64), 0, None))
-            compare(m, ref, "faiss IndexFlatL2 (OpenOOD's KNN), k=50", rtol=2e-4)
+            if faiss is not None:
+                index = faiss.IndexFlatL2(bank.shape[1])
+                index.add(bank)
+                for d, x in sub(space).items():
+                    dist, _ = index.search(l2_normalize(x.astype(np.float32)), k)
+                    ref[d] = -np.sqrt(np.clip(dist[:, -1].astype(np.float64), 0, None))
+                compare(m, ref, "faiss IndexFlatL2 (OpenOOD's KNN), k=50", rtol=2e-4)
+            else:
+                b64 = torch.from_numpy(bank.astype(np.float64))
+                for d, x in sub(space).items():
+                    q = torch.from_numpy(l2_normalize(x.astype(np.float32)).astype(np.float64))
+                    dist = torch.cdist(q, b64) if len(q) else torch.empty((0, k), dtype=torch.float64)
+                    ref[d] = -torch.topk(dist, k, dim=1, largest=False).values[:, -1].numpy()
+                compare(m, ref, "float64 brute force over the bank (faiss not installed), k=50", rtol=2e-4)
         elif m in ("mahalanobis", "rmds"):
             space = feature_of(m)
             h = train_feats(space)
@@ -612,6 +663,10 @@ def write_report(res: dict, out: Path) -> None:
           "(issue 8 quotes float32 ≈ 320, bfloat16 ≈ 1,280 for this machine: timings scale with it)",
           f"- command: `{res['command']}`; code: {res.get('code', 'not recorded')}",
           f"- store: {res['store_desc']}", ""]
+    bad = failures(res)
+    if bad:
+        L += [f"**Incomplete: {len(bad)} problem(s); the numbers below are not a full result.**", ""]
+        L += [f"- {b}" for b in bad] + [""]
     sw = res.get("sweep", {})
     if sw:
         L += ["## Whole sweep (`oodbench score -m all`, the real CLI)", "",
@@ -625,11 +680,14 @@ def write_report(res: dict, out: Path) -> None:
                 continue
             label = {"cold": "cold (fits computed)", "warm": "warm (fits from the cache)",
                      "full": "cold, **1.28M-row train bank**"}[name]
+            if r.get("rc", 0) != 0:
+                label += f" — **failed** (exit status {r['rc']})"
             scored = f"{r['scored_s']:.1f} s" if r.get("scored_s") else "-"
             L.append(f"| {label} | {r['wall_s']:.1f} s | {scored} | {r['rss_peak_mb'] / 1024:.2f} GB | "
                      f"{r['loadavg_before']} → {r['loadavg_after']} |")
         L += ["", f"Command: `{sw['cold']['cmd']}`", "",
-              f"Warm scores identical to cold scores (every method, every split): **{sw.get('warm_equal')}**.", ""]
+              "Warm scores identical to cold scores (every method, every split): "
+              + ("**not compared** (a sweep failed)." if sw.get("warm_equal") is None else f"**{sw.get('warm_equal')}**."), ""]
     per = res.get("per_scorer", {})
     if per:
         L += ["## Per scorer (zero-shot head on the 512-d embeddings: the default of `-m all`)", "",
@@ -750,7 +808,7 @@ def main() -> None:
     ap.add_argument("--full-store", type=Path, default=None, help="a store made with --full (1.28M train rows)")
     ap.add_argument("--methods", default="all")
     ap.add_argument("--repeat", type=int, default=1, help="isolated runs per scorer (best time kept)")
-    ap.add_argument("--skip", default="", help="comma-separated phases to skip: per,sweep,openood,check")
+    ap.add_argument("--skip", default="", help="comma-separated phases to skip: per,sweep,openood,check,knnstats,gemm")
     ap.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     ap.add_argument("--pairs", type=int, default=6,
                     help="interleaved ours/pytorch-ood pairs for ViM and SHE (ratio per pair, median reported)")
@@ -782,7 +840,12 @@ def main() -> None:
     from oodbench.scorers import get_scorer, scorer_names
 
     skip = set(filter(None, args.skip.split(",")))
+    if args.methods != "all":
+        unknown = [m for m in args.methods.split(",") if m not in scorer_names()]
+        if unknown:
+            raise SystemExit(f"unknown scorer(s) {', '.join(unknown)}: choose from {', '.join(scorer_names())}")
     meta = meta_of(args.store)
+    shapes = store_shapes(args.store)
     res: dict = {
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
@@ -791,10 +854,10 @@ def main() -> None:
                     "mem_gb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30},
         "code": code_version(),
         "load_start": loadavg(),
-        "gemm_start": gemm_rates(),
+        "gemm_start": gemm_rates() if "gemm" not in skip else "not measured (--skip gemm)",
         "store_desc": (f"`{args.store}`: train {meta['train']:,}, val {meta['val']:,}, test {meta['test']:,}, "
-                       f"4 OoD × {meta['ood']:,}; 1000 classes; penultimate 768, embeddings 512; "
-                       f"GL-MCM patches {meta['local_patches']}"),
+                       f"4 OoD × {meta['ood']:,}; {shapes['classes']} classes; penultimate {shapes['penultimate_dim']}, "
+                       f"embeddings {shapes['embed_dim']}; GL-MCM patches {meta['local_patches']}"),
         "check_rows": "400 ID test rows + 100 rows of each OoD set",
         "notes": [],
     }
@@ -813,7 +876,7 @@ def main() -> None:
         print(f"[sweep] cold {cold['wall_s']:.1f}s (scored {cold['scored_s']}) peak {cold['rss_peak_mb']:.0f} MB rc={cold['rc']} {cold['tail']}", flush=True)
         warm = run_sweep(args.store, args.methods, "zeroshot", [], cold=False)
         print(f"[sweep] warm {warm['wall_s']:.1f}s peak {warm['rss_peak_mb']:.0f} MB rc={warm['rc']}", flush=True)
-        same = bool(cold["records"]) and all(
+        same = None if cold["rc"] or warm["rc"] or not cold["records"] else all(
             np.array_equal(cold["records"][m].id_scores, warm["records"][m].id_scores)
             and all(np.array_equal(cold["records"][m].ood_scores[d], warm["records"][m].ood_scores[d])
                     for d in cold["records"][m].ood_scores)
@@ -846,6 +909,7 @@ def main() -> None:
                     if "ratio" in x else x["error"]), flush=True)
         if "check" not in skip:
             sweep = run_sweep(args.store, ",".join(OPENOOD_S), "linear", OPENOOD_PARAMS, cold=False)
+            res["openood_check_rc"] = sweep["rc"]
             if sweep["records"]:
                 res["checks_openood"] = reference_checks(args.store, "linear", sweep["records"], OPENOOD_PARAMS)
                 for c in res["checks_openood"]:
@@ -862,7 +926,7 @@ def main() -> None:
     res["notes"].append(f"GL-MCM reads {meta['local_patches']} patches per image in this store; a ViT-B/16 "
                         "has 196: its time grows linearly with the patch count")
     res["notes"].append("NegLabel / CSP / EOE read synthetic text banks written by the generator "
-                        "(10,000 candidates per negative bank, 1,000 outlier labels)")
+                        f"({shapes['negatives']:,} candidates per negative bank, {shapes['outliers']:,} outlier labels)")
     if args.full_store:
         full = run_sweep(args.full_store, args.methods, "zeroshot", [], cold=True)
         res.setdefault("sweep", {})["full"] = full
@@ -880,7 +944,7 @@ def main() -> None:
             res.setdefault("sweep", {})["full"] = {**full, "from": f"{args.full_from.name} of {old['date']}"}
             res["notes"] += [n + f" (run of {old['date']})" for n in old.get("notes", []) if n.startswith("1.28M")]
     res["load_end"] = loadavg()
-    res["gemm_end"] = gemm_rates()
+    res["gemm_end"] = gemm_rates() if "gemm" not in skip else "not measured (--skip gemm)"
     write_report(res, args.out)
     dump = {k: v for k, v in res.items() if k != "sweep"}
     dump["sweep"] = {k: ({kk: vv for kk, vv in v.items() if kk != "records"} if isinstance(v, dict) else v)
@@ -891,6 +955,10 @@ def main() -> None:
                                                       for m, r in res["sweep"][k]["records"].items()}
     args.out.with_suffix(".json").write_text(json.dumps(dump, indent=1, default=str))
     print(f"wrote {args.out}")
+    bad = failures(res)
+    if bad:
+        print(f"incomplete: {len(bad)} problem(s):\n  " + "\n  ".join(bad), file=sys.stderr)
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":
