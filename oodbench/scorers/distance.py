@@ -306,9 +306,10 @@ def residual_norm(h: np.ndarray, u: np.ndarray, ns: np.ndarray, fold: bool = Fal
     The projection is a float32 GEMM (error ~1e-7 of ||h - u|| centred, of ||h|| folded).
     ``fold`` (only where :func:`fold_ok` holds, so ||h|| <= 1.5 ||h - u|| for a typical row):
     (h - u) ns computed as h ns - (u ns), u ns in float64, with no centring pass; otherwise the
-    rows are centred to float32 precision first (:func:`centred_blocks`). The norm is taken from the projection onto ``ns`` itself, never
-    as ||v||^2 - ||v P||^2 with the principal space: that difference cancels when the
-    residual is a small part of the feature, and in float32 it would."""
+    rows are centred to float32 precision first (:func:`centred_blocks`). The norm is taken
+    from the projection onto ``ns`` itself, never as ||v||^2 - ||v P||^2 with the principal
+    space: that difference cancels when the residual is a small part of the feature, and in
+    float32 it would."""
     basis = torch.from_numpy(np.ascontiguousarray(ns, dtype=np.float32))
     out = np.empty(h.shape[0], np.float64)
     proj = torch.empty((min(GEMM_BLOCK_ROWS, h.shape[0]), basis.shape[1]), dtype=torch.float32)
