@@ -4,7 +4,8 @@ With the default ``--decode pil`` every image is decoded and preprocessed by Pil
 DataLoader workers (open_clip's own transform). On a fast GPU that is the bottleneck: the
 H100 ViT-B/16 fp16 run of ``benchmarks/extract_throughput.py`` decodes ~1,300 img/s on 14
 workers (400 on 2) while the model alone runs ~6,400 img/s. ``--decode device`` moves the
-JPEG work to the device (1,700-1,800 img/s there, see the README): workers only read the file bytes; the main process decodes each batch with
+JPEG work to the device (1,700-1,800 img/s there, see the README): workers only read the file
+bytes; the main process decodes each batch with
 ``torchvision.io.decode_jpeg(..., device=<the extraction device>)`` (nvJPEG on CUDA,
 libjpeg-turbo on the CPU) and applies the same Resize / CenterCrop / Normalize on tensors.
 

@@ -83,9 +83,10 @@ def logit_blocks(data, budget: int = CHUNK_BYTES // 4, keep: bool = True) -> Ite
     h = head_features(data)
     head = data.require_head()
     step = chunk_rows(head.num_classes, 4, budget)
-    buf = np.empty((min(step, h.shape[0]), head.num_classes), np.float32) if not keep else None
+    reuse = not keep and h.dtype == np.float32
+    buf = np.empty((min(step, h.shape[0]), head.num_classes), np.float32) if reuse else None
     for rows in chunks(h.shape[0], step):
-        if buf is not None and h.dtype == np.float32:
+        if buf is not None:
             yield rows, head.logits(h[rows], out=buf[: rows.stop - rows.start])
         else:
             yield rows, head.logits(h[rows]).astype(np.float32, copy=False)
@@ -275,21 +276,19 @@ def centred_blocks(
     ~2^-23 of itself however large c is (as a float64 subtraction rounded once would be), at
     float32 speed.
 
-    Without ``slot`` the yielded tensor is a buffer reused by the next step: use it before
-    asking for the next block."""
+    With a centre and without ``slot`` the yielded tensor is a buffer reused by the next step:
+    use it before asking for the next block. Without a centre or means it is the rows
+    themselves (float32: a view of ``h`` where ``h`` is float32 and contiguous): read only."""
     c_parts, m_parts = _centre_parts(center, dtype), _centre_parts(means, dtype)
     # without class means the rows are centred into one reused buffer (no fresh block per step)
-    buf = torch.empty((min(block, h.shape[0]), h.shape[1]), dtype=_TORCH[dtype]) if slot is None else None
+    buf = torch.empty((min(block, h.shape[0]), h.shape[1]), dtype=_TORCH[dtype]) if slot is None and c_parts else None
     for rows in chunks(h.shape[0], block):
         x = torch.from_numpy(np.ascontiguousarray(h[rows], dtype=np.float32))
         if buf is not None:
             out = buf[: x.shape[0]]
-            if c_parts:
-                torch.sub(x, c_parts[0], out=out)  # float64: x widened exactly by promotion
-                for part in c_parts[1:]:
-                    out.sub_(part)
-            else:
-                out.copy_(x)
+            torch.sub(x, c_parts[0], out=out)  # float64: x widened exactly by promotion
+            for part in c_parts[1:]:
+                out.sub_(part)
             yield rows, out
             continue
         if dtype == np.float64:

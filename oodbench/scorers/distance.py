@@ -265,8 +265,8 @@ def centred_scatter(h: np.ndarray, u: np.ndarray) -> np.ndarray:
     def mean_sq(hh, s, m):  # mean ||h - u||^2 from the running sums of m rows
         return (float(np.trace(hh)) - 2.0 * float(u @ s) + m * float(u @ u)) / max(m, 1)
 
-    for rows in chunks(n, GEMM_BLOCK_ROWS):
-        x = np.ascontiguousarray(h[rows], dtype=np.float32)
+    for rows, rows_t in centred_blocks(h):  # no centre: the float32 rows themselves
+        x = rows_t.numpy()
         hh += x.T @ x
         s += ones[: x.shape[0]] @ x
         if rows.start == 0 and not fold_ok(u, mean_sq(hh, s, rows.stop)):
@@ -313,15 +313,11 @@ def residual_norm(h: np.ndarray, u: np.ndarray, ns: np.ndarray, fold: bool = Fal
     basis = torch.from_numpy(np.ascontiguousarray(ns, dtype=np.float32))
     out = np.empty(h.shape[0], np.float64)
     proj = torch.empty((min(GEMM_BLOCK_ROWS, h.shape[0]), basis.shape[1]), dtype=torch.float32)
-    if fold:
-        shift = torch.from_numpy((np.asarray(u, np.float64) @ np.asarray(ns, np.float64)).astype(np.float32))
-        blocks = ((r, torch.from_numpy(np.ascontiguousarray(h[r], dtype=np.float32)))
-                  for r in chunks(h.shape[0], GEMM_BLOCK_ROWS))
-    else:
-        blocks = centred_blocks(h, center=np.asarray(u, np.float64))
-    for rows, v in blocks:
+    u = np.asarray(u, np.float64)
+    shift = torch.from_numpy((u @ np.asarray(ns, np.float64)).astype(np.float32)) if fold else None
+    for rows, v in centred_blocks(h, center=None if fold else u):
         p = torch.mm(v, basis, out=proj[: v.shape[0]])
-        if fold:
+        if shift is not None:
             p.sub_(shift)
         out[rows] = torch.linalg.vector_norm(p, dim=1).double().numpy()
     return out
@@ -343,6 +339,19 @@ def _origin(data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     else:
         u = np.zeros(w.shape[1])  # zero-shot heads have b = 0
     return w, b, u
+
+
+def _fit_residual_space(scorer, data, h: np.ndarray, dim: int) -> None:
+    """ViM's and Residual's shared fit: origin ``u_``, residual basis ``ns_`` beyond the top
+    ``dim`` eigenvectors, and ``fold_`` (whether :func:`residual_norm` may fold u in)."""
+    _, _, scorer.u_ = _origin(data)
+    eig = _head_eigh(data, h, scorer.u_)
+    scorer.ns_ = residual_space(h, scorer.u_, dim, eig)
+    scorer.fold_ = fold_ok(scorer.u_, float(eig[0].sum()))  # eigenvalues sum to mean ||h - u||^2
+
+
+def _residual(scorer, h: np.ndarray) -> np.ndarray:
+    return residual_norm(h, scorer.u_, scorer.ns_, fold=scorer.fold_)
 
 
 @register_scorer
@@ -377,11 +386,8 @@ class ViM(Scorer):
                 f"The 'dim' parameter of vim is {dim} but the feature has only {h.shape[1]} dimensions: "
                 f"use --param vim.dim=N with N < {h.shape[1]}."
             )
-        w, b, self.u_ = _origin(data)
-        eig = _head_eigh(data, h, self.u_)
-        self.ns_ = residual_space(h, self.u_, dim, eig)
-        self.fold_ = fold_ok(self.u_, float(eig[0].sum()))
-        residual = residual_norm(h, self.u_, self.ns_, fold=self.fold_)
+        _fit_residual_space(self, data, h, dim)
+        residual = _residual(self, h)
         # the head's logits (float32, as every logit score reads them), by row blocks; kept
         # logits are reused, but ViM alone needs one pass: none are kept for it (in `-m all`
         # OpenMax, which keeps them, fits before ViM)
@@ -399,7 +405,7 @@ class ViM(Scorer):
         e = np.concatenate(
             [energy(z[r]) for r in chunks(z.shape[0], chunk_rows(z.shape[1]))]
         )
-        return e - self.alpha_ * residual_norm(h, self.u_, self.ns_, fold=getattr(self, "fold_", False))
+        return e - self.alpha_ * _residual(self, h)
 
 
 @register_scorer
@@ -427,13 +433,10 @@ class Residual(Scorer):
         self.dim_ = self.dim if self.dim < d else d // 2
         if self.dim_ != self.dim:
             info(f"residual: dim={self.dim} ≥ feature dimension {d}, using dim={self.dim_}")
-        _, _, self.u_ = _origin(data)
-        eig = _head_eigh(data, h, self.u_)
-        self.ns_ = residual_space(h, self.u_, self.dim_, eig)
-        self.fold_ = fold_ok(self.u_, float(eig[0].sum()))
+        _fit_residual_space(self, data, h, self.dim_)
         self.fitted_ = True
         return self
 
     def score(self, data) -> np.ndarray:
         self.check_fitted()
-        return -residual_norm(head_features(data), self.u_, self.ns_, fold=getattr(self, "fold_", False))
+        return -_residual(self, head_features(data))
