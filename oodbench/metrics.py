@@ -12,6 +12,10 @@ Conventions (stated once, used everywhere):
   ``average_precision_score``), not trapezoids (OpenOOD integrates by trapezoids).
 
 All metrics are fractions in [0, 1]; reports show them as percentages.
+
+Distribution-shift, full-spectrum and failure-detection metrics (shift accuracy, effective
+robustness, FSOOD, failure AUROC, AURC, E-AURC, ECE) and their bootstrap intervals follow
+below, with their conventions. This module imports numpy only (no torch).
 """
 
 from __future__ import annotations
@@ -316,7 +320,8 @@ def failure_auroc(confidence: np.ndarray, correct: np.ndarray) -> float:
 def risk_coverage(
     confidence: np.ndarray, correct: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Selective risk vs coverage, as FD-Shifts (v0.2+, non-legacy) builds the curve.
+    """Selective risk vs coverage, as FD-Shifts builds the curve (`rc_stats`, the default
+    since its 2024 AUGRC release; the older `legacy=True` curve depends on sort order in ties).
 
     Predictions are kept from the most confident down; there is one point per distinct
     confidence value, after the whole tie group (never part of it) is kept, so ties cannot
