@@ -356,3 +356,20 @@ def test_bootstrap_interval_percentiles_seed_and_nan():
         bootstrap_replicates(aurc, [(conf, correct)], 1, np.random.default_rng(0))
     with pytest.raises(OodbenchError, match="'ci'"):
         bootstrap_interval(aurc, [(conf, correct)], ci=95)
+
+
+def test_metrics_module_imports_no_torch():
+    """metrics.py stays pure numpy (the package __init__ imports more; the module does not)."""
+    import ast
+    from pathlib import Path
+
+    import oodbench.metrics
+
+    tree = ast.parse(Path(oodbench.metrics.__file__).read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add("." * node.level + (node.module or "").split(".")[0])
+    assert imported <= {"__future__", "collections", "numpy", ".errors"}, imported
