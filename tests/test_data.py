@@ -174,7 +174,9 @@ def test_load_image_refuses_broken_files(tmp_path, monkeypatch, filename):
 
 
 def test_source_kinds():
-    assert SOURCE_KINDS == ("digits", "textures", "noise", "imglist", "imagefolder", "torchvision")
+    assert SOURCE_KINDS == (
+        "digits", "textures", "noise", "shifted_digits", "imglist", "imagefolder", "torchvision"
+    )
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,8 @@ Kinds (the entry's `source` key) and their keys:
 - digits: digits, split (train|val|test|all), seed, ood — scikit-learn's bundled digits.
 - textures: n, seed, size, families — procedural far-OoD textures.
 - noise: n, seed, size, kind (uniform|gaussian) — noise images.
+- shifted_digits: corruptions, severity, seed, digits, split, split_seed — the clean digits
+  under rotation / blur / noise / elastic distortion, ID labels (covariate shift).
 - imglist: list, root, ood, url — OpenOOD-style `relative/path label` lists.
 - imagefolder: root, classes, ood, url — `root/<class>/<image>` folders.
 - torchvision: dataset, split, root, ood — CIFAR10/100, SVHN, MNIST, ... (download opt-in).
@@ -21,12 +23,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from oodbench.data import digits, imagefolder, imglist, synthetic, torchvision_datasets
+from oodbench.data import digits, imagefolder, imglist, shifted, synthetic, torchvision_datasets
 from oodbench.data.base import Source, UnreadableImage
 from oodbench.data.digits import DigitsSource
 from oodbench.data.imagefolder import ImageFolderSource
 from oodbench.data.images import load_image
 from oodbench.data.imglist import ImageListSource, read_image_list
+from oodbench.data.shifted import ShiftedDigitsSource
 from oodbench.data.spec import SpecReader
 from oodbench.data.synthetic import NoiseSource, TexturesSource
 from oodbench.data.torchvision_datasets import TORCHVISION_DATASETS, TorchvisionSource
@@ -38,6 +41,7 @@ _KINDS: dict[str, tuple[Builder, Mapping[str, tuple[str, ...]]]] = {
     "digits": (digits.from_spec, digits.KEYS),
     "textures": (synthetic.textures_from_spec, synthetic.TEXTURE_KEYS),
     "noise": (synthetic.noise_from_spec, synthetic.NOISE_KEYS),
+    "shifted_digits": (shifted.from_spec, shifted.KEYS),
     "imglist": (imglist.from_spec, imglist.KEYS),
     "imagefolder": (imagefolder.from_spec, imagefolder.KEYS),
     "torchvision": (torchvision_datasets.from_spec, torchvision_datasets.KEYS),
@@ -83,6 +87,7 @@ __all__ = [
     "ImageFolderSource",
     "ImageListSource",
     "NoiseSource",
+    "ShiftedDigitsSource",
     "Source",
     "TexturesSource",
     "TorchvisionSource",
