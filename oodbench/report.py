@@ -291,21 +291,42 @@ class TerminalView:
         return name if self.layout == "compact" else f"{name}\n{LABELS[m]}"
 
     def split(self, console, options, width: int):
-        """Tables of at most ``width`` columns: each block's columns packed greedily."""
+        """Tables of at most ``width`` columns: each block's columns packed greedily.
+
+        Widths are counted (cell lengths + 2 per gap, the table's layout) and each part is
+        checked with rich's own measure, dropping columns while it is still too wide."""
+        from rich.cells import cell_len
         from rich.measure import Measurement
 
-        def fits(title, cols) -> bool:
-            m = Measurement.get(console, options.update_width(10**6), self.table(title, cols))
-            return m.maximum <= width
+        w = self.wide
 
+        def measured(title, cols) -> int:
+            opts = options.update_width(10**6)
+            return Measurement.get(console, opts, self.table(title, cols)).maximum
+
+        keys = [
+            max([cell_len(name)] + [cell_len(k[i]) for k in map(w.keys, self.rows)])
+            for i, name in enumerate(w.key_names)
+        ]
+        base = sum(keys) + 2 * (len(keys) - 1)
         for title, cols in self.blocks():
-            part: list[tuple] = []
-            for col in cols:
-                if part and not fits(title, [*part, col]):
-                    yield self.table(title, part)
-                    part, title = [], None
-                part.append(col)
-            yield self.table(title, part)
+            sizes = {
+                c: max([*map(cell_len, self.header(c).split("\n"))]
+                       + [cell_len(_plain_cell(w, r, c)) for r in self.rows])
+                for c in cols
+            }
+            pending = list(cols)
+            while pending:
+                part, used = [pending[0]], base + 2 + sizes[pending[0]]
+                for c in pending[1:]:
+                    if used + 2 + sizes[c] > width:
+                        break
+                    part.append(c)
+                    used += 2 + sizes[c]
+                while len(part) > 1 and measured(title, part) > width:
+                    part.pop()
+                yield self.table(title, part)
+                pending, title = pending[len(part):], None
 
     def notes(self) -> list[str]:
         legend = [f"{short} = {name}" for name, short in self.short.items() if short != name]
