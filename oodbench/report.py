@@ -226,10 +226,10 @@ class TerminalView:
 
     ``layout="compact"`` (default): one table per metric (AUROC, FPR@95...), rows = methods
     (grouped by method, then model, when several models are compared), a column per OoD set
-    (names longer than :data:`SHORT_NAME` abbreviated, with a legend), then the ``near avg`` /
-    ``far avg`` / ``avg`` columns, and ID accuracy in the first table. Columns that do not fit
-    the width continue in a further table that repeats the row keys, so a number is never
-    wrapped. ``layout="wide"``: every metric of every set in one table, at its natural width.
+    (when a table does not fit, names longer than :data:`SHORT_NAME` are abbreviated, with a
+    legend), then the ``near avg`` / ``far avg`` / ``avg`` columns, and ID accuracy in the
+    first table. Columns that still do not fit the width continue in a further table that
+    repeats the row keys, so a number is never wrapped. ``layout="wide"``: every metric of every set in one table, at its natural width.
     Printed with a console, it uses the console's width; :meth:`natural_width` is the width at
     which nothing is split (what :func:`to_text` uses by default, e.g. for files).
     """
@@ -240,7 +240,7 @@ class TerminalView:
         self.wide, self.title, self.layout = wide, title, layout
         self.ranks = wide.ranks()
         self.rows = _compare_order(wide)
-        self.short = _short_names(wide.oods)
+        self.names: dict[str, str] = {}  # OoD set -> shown name; set per rendering
 
     def blocks(self) -> list[tuple[str | None, list[tuple]]]:
         """(table title, columns) of each table before any split for width."""
@@ -287,7 +287,7 @@ class TerminalView:
         ood, m = col
         if not ood:
             return LABELS[m]
-        name = self.short.get(ood, ood)
+        name = self.names.get(ood, ood)
         return name if self.layout == "compact" else f"{name}\n{LABELS[m]}"
 
     def split(self, console, options, width: int):
@@ -329,7 +329,7 @@ class TerminalView:
                 pending, title = pending[len(part):], None
 
     def notes(self) -> list[str]:
-        legend = [f"{short} = {name}" for name, short in self.short.items() if short != name]
+        legend = [f"{short} = {name}" for name, short in self.names.items() if short != name]
         out = [f"Percent; best bold, second underlined (single values only). {CONVENTION_NOTE}"]
         return out + ([f"Sets: {'; '.join(legend)}."] if legend else [])
 
@@ -345,7 +345,12 @@ class TerminalView:
     def __rich_console__(self, console, options):
         from rich.text import Text
 
-        for i, table in enumerate(self.split(console, options, options.max_width)):
+        self.names = {}
+        tables = list(self.split(console, options, options.max_width))
+        if self.layout == "compact" and len(tables) > len(self.blocks()):  # shorter names
+            self.names = _short_names(self.wide.oods)
+            tables = list(self.split(console, options, options.max_width))
+        for i, table in enumerate(tables):
             if i:
                 yield Text("")
             yield table

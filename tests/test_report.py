@@ -258,14 +258,20 @@ def test_rich_fits_80_columns(records, several):
         assert lines[i + 1].startswith("ft_lora ") and " msp " not in lines[i + 1]
 
 
-def test_rich_abbreviates_long_set_names(records):
+def test_rich_abbreviates_long_set_names_only_when_needed(records):
     rec = copy.copy(records[0])
-    rec.ood_scores = {"inaturalist-mos": rec.ood_scores["near_a"], "sun-mos": rec.ood_scores["far_a"]}
-    rec.groups = {"inaturalist-mos": "far", "sun-mos": "far"}
-    console = Console(record=True, width=80)
-    console.print(render(metrics_table([rec]), "rich"))
-    text = console.export_text()
-    assert "inatural…" in text and "inatural… = inaturalist-mos" in text and "sun-mos" in text
+    names = ["inaturalist-mos", "places-mos", "textures-dtd", "openimage-o"]
+    rec.ood_scores = {n: rec.ood_scores["near_a"] + i for i, n in enumerate(names)}
+    rec.groups = dict.fromkeys(names, "far")
+    view = render(metrics_table([rec]), "rich")
+    for width, short in [(80, True), (300, False)]:
+        console = Console(record=True, width=width)
+        console.print(view)
+        text = console.export_text()
+        assert ("inatural… = inaturalist-mos" in text) == short  # the legend
+        header = next(x for x in text.splitlines() if x.startswith("Method"))
+        assert ("inatural…" in header) == short and ("inaturalist-mos" in header) != short
+        assert "places-mos" in text  # short enough as it is
 
 
 def test_rich_wide_layout_and_natural_width(table):
