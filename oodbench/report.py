@@ -31,6 +31,7 @@ __all__ = ["FORMATS", "bootstrap", "metrics_table", "provenance", "render", "sav
 KEYS = ("model", "benchmark", "method", "ood")
 FORMATS = ("rich", "markdown", "csv", "json", "latex")
 LAYOUTS = ("compact", "wide")
+HIGHLIGHT_RULE = "distinct values held by one row; never the worst possible value"
 SHORT_NAME = 9
 """Longest OoD set name shown unabbreviated in the compact terminal view."""
 FPR_CONVENTIONS = {"id": ("fpr95",), "ood": ("fpr95_ood",), "both": ("fpr95", "fpr95_ood")}
@@ -330,7 +331,7 @@ class TerminalView:
 
     def notes(self) -> list[str]:
         legend = [f"{short} = {name}" for name, short in self.names.items() if short != name]
-        out = [f"Percent; best bold, second underlined (single values only). {CONVENTION_NOTE}"]
+        out = [f"Percent; best bold, second underlined ({HIGHLIGHT_RULE}). {CONVENTION_NOTE}"]
         return out + ([f"Sets: {'; '.join(legend)}."] if legend else [])
 
     def natural_width(self, console=None) -> int:
@@ -426,7 +427,7 @@ def _markdown(wide: _Wide, title: str | None, prov: list[dict]) -> str:
             mark = {1: "**", 2: "_"}.get(ranks.get((row, col), 0), "")
             cells.append(f"{mark}{text}{mark}")
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"Percent; best **bold**, second _italic_. {CONVENTION_NOTE}", ""]
+    lines += ["", f"Percent; best **bold**, second _italic_ ({HIGHLIGHT_RULE}). {CONVENTION_NOTE}", ""]
     lines += _provenance_lines(prov, bullet="- ")
     return "\n".join(lines) + "\n"
 
@@ -519,7 +520,7 @@ def _latex(wide: _Wide, title: str | None, prov: list[dict], standalone: bool) -
     fragment never makes an overfull box.
     """
     caption = tex_escape((title + ". ") if title else "") + tex_escape(
-        f"Percent; best bold, second underlined (single values only). {CONVENTION_NOTE}"
+        f"Percent; best bold, second underlined ({HIGHLIGHT_RULE}). {CONVENTION_NOTE}"
     )
     parts = _tex_parts(wide)
     body: list[str] = [r"\ifdefined\oodbenchbox\else\newsavebox{\oodbenchbox}\fi"]
