@@ -111,16 +111,20 @@ def _expand_metrics(metrics: Sequence[str], convention: str) -> list[str]:
     return out
 
 
-def mark_ranks(values: dict[Any, float], higher_is_better: bool) -> dict[Any, int]:
+WORST = {"auroc": 0.0, "aupr_in": 0.0, "aupr_out": 0.0, "accuracy": 0.0, "fpr95": 100.0,
+         "fpr95_ood": 100.0}
+"""The worst possible value (percent) of each table metric: never highlighted."""
+
+
+def mark_ranks(values: dict[Any, float], higher_is_better: bool, worst: float | None = None) -> dict[Any, int]:
     """Which cells of one column to highlight: key -> 1 (best, bold) or 2 (second, underlined).
 
     ``values`` are percentages as displayed (NaN: absent). Ranks are those of the *distinct*
     values: the best value, then the next one. A rank marks a cell only when exactly one cell
     holds it (a tie singles nobody out), so a tied best marks nothing and a tied second no
-    second; a column whose values are all equal marks nothing. The worst possible value
-    (0 for AUROC/AUPR/accuracy, 100 for an FPR) is never marked.
+    second; a column whose values are all equal marks nothing. ``worst``, the worst possible
+    value (:data:`WORST`: 0 for AUROC/AUPR/accuracy, 100 for an FPR), is never marked.
     """
-    worst = 0.0 if higher_is_better else 100.0
     vals = {k: v for k, v in values.items() if not math.isnan(v)}
     distinct = sorted(set(vals.values()), reverse=higher_is_better)
     out: dict[Any, int] = {}
@@ -191,7 +195,7 @@ class _Wide:
             rows = [r for r in self.rows if r[0] == bench]
             for col in self.columns:
                 vals = {r: round(100 * self.value(r, col)[0], 2) for r in rows}
-                marks = mark_ranks(vals, HIGHER_IS_BETTER[col[1]])
+                marks = mark_ranks(vals, HIGHER_IS_BETTER[col[1]], WORST.get(col[1]))
                 out.update({(r, col): rank for r, rank in marks.items()})
         return out
 

@@ -347,21 +347,23 @@ def test_markdown_layout(table):
 
 
 @pytest.mark.parametrize(
-    ("values", "higher", "want"),
+    ("values", "higher", "want", "worst"),
     [
-        ({"a": 90.0, "b": 80.0, "c": 70.0}, True, {"a": 1, "b": 2}),
-        ({"a": 10.0, "b": 20.0, "c": 30.0}, False, {"a": 1, "b": 2}),
-        ({"a": 90.0, "b": 90.0, "c": 70.0}, True, {}),  # tied best: nobody singled out
-        ({"a": 90.0, "b": 80.0, "c": 80.0}, True, {"a": 1}),  # tied second: no second
-        ({"a": 50.0, "b": 50.0}, True, {}),  # all equal
-        ({"a": 50.0, "b": 100.0, "c": 100.0}, False, {"a": 1}),  # FPR 100 is never marked
-        ({"a": 100.0, "b": 100.0}, False, {}),
-        ({"a": 60.0, "b": 0.0}, True, {"a": 1}),  # AUROC 0 is never marked
-        ({"a": 60.0, "b": math.nan, "c": 55.0}, True, {"a": 1, "c": 2}),  # absent: skipped
+        ({"a": 90.0, "b": 80.0, "c": 70.0}, True, {"a": 1, "b": 2}, 0.0),
+        ({"a": 10.0, "b": 20.0, "c": 30.0}, False, {"a": 1, "b": 2}, 100.0),
+        ({"a": 90.0, "b": 90.0, "c": 70.0}, True, {}, 0.0),  # tied best: nobody singled out
+        ({"a": 90.0, "b": 80.0, "c": 80.0}, True, {"a": 1}, 0.0),  # tied second: no second
+        ({"a": 50.0, "b": 50.0}, True, {}, 0.0),  # all equal
+        ({"a": 50.0, "b": 100.0, "c": 100.0}, False, {"a": 1}, 100.0),  # FPR 100: never marked
+        ({"a": 50.0, "b": 100.0}, False, {"a": 1}, 100.0),
+        ({"a": 50.0, "b": 100.0}, False, {"a": 1, "b": 2}, None),  # no known worst value
+        ({"a": 100.0, "b": 100.0}, False, {}, 100.0),
+        ({"a": 60.0, "b": 0.0}, True, {"a": 1}, 0.0),  # AUROC 0 is never marked
+        ({"a": 60.0, "b": math.nan, "c": 55.0}, True, {"a": 1, "c": 2}, 0.0),  # absent: skipped
     ],
 )
-def test_mark_ranks(values, higher, want):
-    assert mark_ranks(values, higher) == want
+def test_mark_ranks(values, higher, want, worst):
+    assert mark_ranks(values, higher, worst) == want
 
 
 def test_highlighting_skips_ties_and_worst_values():
