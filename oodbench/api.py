@@ -208,8 +208,9 @@ def report(records: list[ScoreRecord] | None = None, *, fmt: str = "rich", score
            store: str | Path | None = None, baseline: str | None = None, ci: float | None = None,
            n_boot: int = 1000, seed: int = 0, metrics: tuple[str, ...] = ("auroc", "fpr95"),
            fpr: str = "id", methods: list[str] | None = None, title: str | None = None,
-           standalone: bool = False):
-    """Render a metrics table (rich Table, or text for markdown/csv/json/latex)."""
+           standalone: bool = False, layout: str = "compact"):
+    """Render a metrics table (a rich :class:`~oodbench.report.TerminalView`, or text for
+    markdown/csv/json/latex); ``layout``: rich only, ``compact`` or ``wide``."""
     from .report import metrics_table, provenance, render
 
     records = records if records is not None else load_scores(scores, store)
@@ -222,6 +223,8 @@ def report(records: list[ScoreRecord] | None = None, *, fmt: str = "rich", score
                               "provenance": provenance(records)}
     if fmt == "latex":
         kwargs["standalone"] = standalone
+    if fmt == "rich":
+        kwargs["layout"] = layout
     return render(df, fmt, **kwargs)
 
 

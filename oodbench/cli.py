@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -172,9 +173,12 @@ def report(
     n_boot: Annotated[int, typer.Option("--n-boot", min=10)] = 1000,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     plots: Annotated[Path | None, typer.Option("--plots", help="Also write plots (PNG+PDF) to this directory.")] = None,
+    wide: Annotated[bool, typer.Option("--wide", help="Terminal: every metric of every set in one table, full width.")] = False,
     store: Store_ = None,
 ) -> None:
-    """Tables (and plots) of AUROC, FPR@95, AUPR and ID accuracy from score files."""
+    """Tables (and plots) of AUROC, FPR@95, AUPR and ID accuracy from score files.
+
+    On a terminal: a table per metric fitted to its width; to a file or pipe (no COLUMNS set): full width."""
     from . import api
 
     fmt_value = "latex" if latex else fmt.value
@@ -182,14 +186,20 @@ def report(
     methods = None if not method else [m for v in method for m in v.split(",")]
     result = api.report(records, fmt=fmt_value, baseline=baseline, ci=ci, n_boot=n_boot, seed=seed,
                         metrics=tuple(metric or ("auroc", "fpr95")), fpr=fpr.value, methods=methods,
-                        standalone=standalone)
+                        standalone=standalone, layout="wide" if wide else "compact")
+    if fmt_value == "rich" and (output or wide or not (out.is_terminal or "COLUMNS" in os.environ)):
+        from .report import to_text
+
+        result = to_text(result, styles=out.is_terminal and not output)  # full width, no split
     if output:
-        if fmt_value == "rich":
-            raise OodbenchError("--output needs a text format: pass --format markdown/csv/json/latex.")
         output.write_text(result)
         console.print(f"wrote {output}")
+    elif fmt_value == "rich" and isinstance(result, str):
+        out.file.write(result)  # already laid out (and styled for a terminal)
+    elif isinstance(result, str):
+        out.print(result, soft_wrap=True, highlight=False, markup=False)
     else:
-        out.print(result, soft_wrap=True, highlight=False, markup=False) if isinstance(result, str) else out.print(result)
+        out.print(result)
     if plots:
         from .report import save_plots
 

@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 from .errors import OodbenchError
 from .metrics import LABELS, _roc
 from .results import ScoreRecord
+from .tables import method_labels, metrics_table
 
 SWEEPS = {"wise_alpha": "WiSE-FT alpha", "layer": "layer"}
 
@@ -41,15 +42,13 @@ def save_plots(
     Returns:
         Paths written, in order.
     """
-    from .report import _labels, metrics_table
-
     if not records:
         raise OodbenchError("No score records to plot: run `oodbench score` first.")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     writer = _Writer(out_dir, tuple(formats))
     table = metrics_table(records)
-    labelled = list(zip(records, _labels(records), strict=True))  # labels as in the table
+    labelled = list(zip(records, method_labels(records), strict=True))  # labels as in the table
     for bench in dict.fromkeys(r.benchmark for r in records):
         recs = [(r, lab) for r, lab in labelled if r.benchmark == bench]
         avg = table[(table["benchmark"] == bench) & (table["ood"] == "avg")]

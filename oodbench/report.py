@@ -1,11 +1,8 @@
-"""Result tables from :class:`~oodbench.results.ScoreRecord` lists, and their renderings.
+"""Renderings of a :func:`~oodbench.tables.metrics_table` frame, and the report figures.
 
-:func:`metrics_table` turns records into one tidy :class:`pandas.DataFrame` (one row per
-model × benchmark × method × OoD set, plus ``near avg`` / ``far avg`` / ``avg`` rows that
-average the sets of a group unweighted, OpenOOD style), optionally with seeded bootstrap
-intervals and differences to a baseline model. :func:`render` formats that frame for the
-terminal (rich), Markdown, LaTeX (booktabs), CSV or JSON. :func:`save_plots` draws figures
-(see :mod:`oodbench.plots`).
+:func:`render` formats the tidy frame for the terminal (rich, an 80-column view by default),
+Markdown, LaTeX (booktabs), CSV or JSON. :func:`save_plots` draws figures (see
+:mod:`oodbench.plots`). The frame itself is built by :mod:`oodbench.tables` (re-exported here).
 
 Conventions are those of :mod:`oodbench.metrics`: higher score = more in-distribution, ID is
 the positive class of ``auroc``/``fpr95``/``aupr_in``; ``fpr95`` is the classic (MCM) FPR@95
@@ -16,321 +13,33 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import zlib
-from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from . import __version__
 from .errors import OodbenchError
-from .metrics import HIGHER_IS_BETTER, LABELS, METRICS, evaluate
+from .metrics import HIGHER_IS_BETTER, LABELS, METRICS
 from .results import ScoreRecord
+from .tables import VALUES, _jsonable, bootstrap, metrics_table, provenance
+
+__all__ = ["FORMATS", "bootstrap", "metrics_table", "provenance", "render", "save_plots", "tex_escape"]
 
 KEYS = ("model", "benchmark", "method", "ood")
-VALUES = (*METRICS, "accuracy")
 FORMATS = ("rich", "markdown", "csv", "json", "latex")
+LAYOUTS = ("compact", "wide")
+HIGHLIGHT_RULE = "distinct values held by one row; never the worst possible value"
+SHORT_NAME = 9
+"""Longest OoD set name shown unabbreviated in the compact terminal view."""
 FPR_CONVENTIONS = {"id": ("fpr95",), "ood": ("fpr95_ood",), "both": ("fpr95", "fpr95_ood")}
 CONVENTION_NOTE = (
     f"{LABELS['fpr95']}: fraction of OoD accepted at 95% ID TPR (ID positive; classic, MCM). "
     f"{LABELS['fpr95_ood']}: fraction of ID rejected at 95% OoD TPR (OoD positive; OpenOOD v1.5). "
     "AUPR: step-wise average precision."
 )
-
-
-# --------------------------------------------------------------------------- metrics table
-
-
-def metrics_table(
-    records: list[ScoreRecord],
-    *,
-    baseline: str | None = None,
-    ci: float | None = None,
-    n_boot: int = 1000,
-    seed: int = 0,
-) -> pd.DataFrame:
-    """Tidy metrics frame of ``records``.
-
-    Args:
-        records: score records (higher score = more ID); (model, benchmark, method label)
-            must be unique, except records of one method under different heads, which get
-            the head appended to the label (``msp[linear]``).
-        baseline: a model name; adds ``d_<metric>`` = value − baseline value for the same
-            (benchmark, method, ood).
-        ci: confidence level (e.g. 0.95) of percentile bootstrap intervals, added as
-            ``<metric>_lo``/``<metric>_hi``; ID and OoD scores are resampled independently
-            (one ID resample per replicate shared by all OoD sets of a record, so averaged
-            rows are bootstrapped as averages).
-        n_boot: bootstrap replicates.
-        seed: bootstrap seed; each record draws from its own stream, derived from ``seed``
-            and its (model, benchmark, method), so results do not depend on record order.
-
-    Returns:
-        Columns ``model, benchmark, method, ood, group, auroc, fpr95, fpr95_ood, aupr_in,
-        aupr_out, accuracy`` (fractions), then the interval and delta columns if asked.
-        ``ood`` is a set name or ``"near avg"``/``"far avg"``/``"avg"``; ``group`` is the
-        set's group or, for averaged rows, ``near``/``far``/``avg``. ``df.attrs["provenance"]``
-        holds :func:`provenance` of the records (used by :func:`render`).
-    """
-    if not records:
-        raise OodbenchError("No score records to report: run `oodbench score` first.")
-    if ci is not None and not 0 < ci < 1:
-        raise OodbenchError(f"The 'ci' parameter must be a float in (0, 1). Got {ci!r} instead.")
-    if ci is not None and (int(n_boot) != n_boot or n_boot < 2):
-        raise OodbenchError(f"The 'n_boot' parameter must be an int ≥ 2. Got {n_boot!r} instead.")
-    labels = _labels(records)
-    frames = [
-        _record_rows(r, lab, ci, int(n_boot), seed) for r, lab in zip(records, labels, strict=True)
-    ]
-    df = pd.concat(frames, ignore_index=True)
-    if baseline is not None:
-        df = _add_deltas(df, baseline)
-    df.attrs["provenance"] = provenance(records)
-    df.attrs["baseline"] = baseline
-    return df
-
-
-def _labels(records: Sequence[ScoreRecord]) -> list[str]:
-    """Method labels, made unique per (model, benchmark) by the head when needed."""
-    keys = [(r.model, r.benchmark, r.label) for r in records]
-    labels = [
-        f"{r.label}[{r.head}]" if keys.count(k) > 1 else r.label
-        for r, k in zip(records, keys, strict=True)
-    ]
-    seen: set[tuple[str, str, str]] = set()
-    for r, lab in zip(records, labels, strict=True):
-        key = (r.model, r.benchmark, lab)
-        if key in seen:
-            raise OodbenchError(
-                f"Two score records for model {r.model!r}, benchmark {r.benchmark!r}, method "
-                f"{lab!r}: pass each (model, benchmark, method) once."
-            )
-        seen.add(key)
-    return labels
-
-
-def _aggregates(groups: dict[str, str], names: Sequence[str]) -> list[tuple[str, str, list[int]]]:
-    """(ood name, group, indices of the averaged sets) of the averaged rows of one record."""
-    order = {"near": 0, "far": 1}
-    present = sorted({groups.get(n, "other") for n in names}, key=lambda g: (order.get(g, 2), g))
-    out = [
-        (f"{g} avg", g, [i for i, n in enumerate(names) if groups.get(n, "other") == g])
-        for g in present
-    ]
-    return [*out, ("avg", "avg", list(range(len(names))))]
-
-
-def _set_names(rec: ScoreRecord) -> list[str]:
-    """OoD set names of a record: near first, then far, then any other group (stable)."""
-    order = {"near": 0, "far": 1}
-    names = sorted(rec.ood_scores, key=lambda n: order.get(rec.groups.get(n, "other"), 2))
-    if not names:
-        raise OodbenchError(f"Record {rec.model}/{rec.benchmark}/{rec.label} has no OoD scores.")
-    clash = [n for n in names if n == "avg" or n.endswith(" avg")]
-    if clash:
-        raise OodbenchError(f"OoD set names {clash} clash with averaged rows: rename the sets.")
-    return names
-
-
-def _record_rows(rec: ScoreRecord, label: str, ci: float | None, n_boot: int, seed: int):
-    names = _set_names(rec)
-    point = np.array(
-        [[evaluate(rec.id_scores, rec.ood_scores[n])[m] for m in METRICS] for n in names]
-    )
-    aggs = _aggregates(rec.groups, names)
-    oods = names + [a[0] for a in aggs]
-    groups = [rec.groups.get(n, "other") for n in names] + [a[1] for a in aggs]
-    values = np.vstack([point] + [point[idx].mean(0, keepdims=True) for _, _, idx in aggs])
-    df = pd.DataFrame(values, columns=list(METRICS))
-    df.insert(0, "group", groups)
-    df.insert(0, "ood", oods)
-    df.insert(0, "method", label)
-    df.insert(0, "benchmark", rec.benchmark)
-    df.insert(0, "model", rec.model)
-    df["accuracy"] = float(rec.accuracy)
-    if ci is not None:
-        key = f"{rec.model}\0{rec.benchmark}\0{label}".encode()
-        rng = np.random.default_rng([seed, zlib.crc32(key)])
-        boot = bootstrap(rec.id_scores, [rec.ood_scores[n] for n in names], n_boot, rng)
-        boot = np.concatenate([boot] + [boot[idx].mean(0, keepdims=True) for _, _, idx in aggs])
-        lo, hi = np.percentile(boot, [50 * (1 - ci), 50 * (1 + ci)], axis=1)
-        for j, m in enumerate(METRICS):
-            df[f"{m}_lo"], df[f"{m}_hi"] = lo[:, j], hi[:, j]
-    return df
-
-
-def _add_deltas(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
-    models = list(dict.fromkeys(df["model"]))
-    if baseline not in models:
-        raise OodbenchError(
-            f"Baseline model {baseline!r} is not among the records. Models present: "
-            f"{', '.join(models)}."
-        )
-    on = ["benchmark", "method", "ood"]
-    base = df.loc[df["model"] == baseline, on + list(VALUES)]
-    merged = df[on].merge(base, on=on, how="left")
-    for m in VALUES:
-        df[f"d_{m}"] = df[m].to_numpy() - merged[m].to_numpy()
-    return df
-
-
-def provenance(records: Sequence[ScoreRecord]) -> list[dict[str, Any]]:
-    """One entry per model: store path, fingerprint prefix, oodbench version, params per method.
-
-    Read from each record's ``fingerprint``, ``params`` and ``provenance`` (keys ``store``
-    or ``store_path``, and ``oodbench_version`` or ``version``).
-    """
-    out: dict[str, dict[str, Any]] = {}
-    for r in records:
-        p = r.provenance or {}
-        entry = out.setdefault(
-            r.model,
-            {
-                "model": r.model,
-                "store": str(p.get("store", p.get("store_path", "?"))),
-                "fingerprint": str(r.fingerprint)[:12],
-                "oodbench_version": str(p.get("oodbench_version", p.get("version", "?"))),
-                "params": {},
-            },
-        )
-        entry["params"][f"{r.benchmark}/{r.label}"] = _jsonable(r.params)
-    return list(out.values())
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, (str, int, float, bool)) or x is None:
-        return x
-    return str(x)
-
-
-# --------------------------------------------------------------------------- bootstrap
-
-
-def bootstrap(
-    id_scores: np.ndarray, ood_sets: Sequence[np.ndarray], n_boot: int, rng: np.random.Generator
-) -> np.ndarray:
-    """Bootstrap replicates of every metric of :func:`~oodbench.metrics.evaluate`.
-
-    ID and OoD scores are resampled independently; each replicate draws one ID resample
-    shared by all OoD sets. Vectorised: per (ID, OoD) pair the joint scores are sorted once
-    and each replicate only counts resampled indices per tie group (``np.bincount``);
-    blocks of replicates run on a few threads (numpy releases the GIL). The random draws
-    happen in a fixed order, so results depend on ``rng`` only, not on the thread count.
-
-    Args:
-        id_scores: (N_id,) ID scores.
-        ood_sets: K arrays of (N_k,) OoD scores.
-        n_boot: replicates B.
-        rng: random generator.
-
-    Returns:
-        (K, B, len(METRICS)) metric values, columns in ``METRICS`` order.
-    """
-    id_scores = np.asarray(id_scores, dtype=np.float64).ravel()
-    pairs = [_tie_groups(id_scores, np.asarray(o, dtype=np.float64).ravel()) for o in ood_sets]
-    n = id_scores.size
-    width = max(n + g_ood.size + n_groups for _, g_ood, n_groups in pairs)
-    chunk = max(1, min(n_boot, 1_000_000 // width))  # a few MB per block
-    out = np.empty((len(pairs), n_boot, len(METRICS)))
-    workers = max(1, min(8, os.cpu_count() or 1))
-
-    def block(k: int, start: int, id_idx: np.ndarray, ood_idx: np.ndarray) -> None:
-        g_id, g_ood, n_groups = pairs[k]
-        out[k, start : start + len(id_idx)] = _metrics_from_groups(
-            g_id[id_idx], g_ood[ood_idx], n_groups
-        )
-
-    with ThreadPoolExecutor(workers) as pool:
-        pending: deque = deque()
-        for start in range(0, n_boot, chunk):
-            b = min(chunk, n_boot - start)
-            id_idx = rng.integers(0, n, size=(b, n))
-            for k, (_, g_ood, _) in enumerate(pairs):
-                ood_idx = rng.integers(0, g_ood.size, size=(b, g_ood.size))
-                pending.append(pool.submit(block, k, start, id_idx, ood_idx))
-                while len(pending) > 2 * workers:
-                    pending.popleft().result()
-        for f in pending:
-            f.result()
-    return out
-
-
-def _tie_groups(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """Tie-group index of each sample in descending score order: (g_pos, g_neg, n_groups)."""
-    z = np.concatenate([pos, neg])
-    order = np.argsort(-z, kind="mergesort")
-    zs = z[order]
-    g_sorted = np.cumsum(np.r_[True, zs[1:] != zs[:-1]]) - 1
-    g = np.empty_like(g_sorted)
-    g[order] = g_sorted
-    return g[: pos.size], g[pos.size :], int(g_sorted[-1]) + 1
-
-
-def _group_counts(g: np.ndarray, n_groups: int) -> np.ndarray:
-    """(B, n) group indices -> (B, n_groups) counts per group."""
-    b = g.shape[0]
-    flat = (g + (np.arange(b) * n_groups)[:, None]).ravel()
-    return np.bincount(flat, minlength=b * n_groups).reshape(b, n_groups)
-
-
-def _metrics_from_groups(
-    g_pos: np.ndarray, g_neg: np.ndarray, n_groups: int, level: float = 0.95
-) -> np.ndarray:
-    """Metrics of B resamples given (B, n_pos) and (B, n_neg) tie-group indices -> (B, 5).
-
-    Mirrors :func:`oodbench.metrics.evaluate` (same ROC points, ties count 1/2, same FPR
-    rule) from per-group counts in descending score order. Counts are float32 (exact below
-    2**24 samples) and sums float64: results agree with ``evaluate`` to ~1e-9.
-    """
-    n, m = g_pos.shape[1], g_neg.shape[1]
-    tp = _group_counts(g_pos, n_groups).astype(np.float32)
-    fp = _group_counts(g_neg, n_groups).astype(np.float32)
-    TP, FP = np.cumsum(tp, axis=1), np.cumsum(fp, axis=1)
-    rows = np.arange(tp.shape[0])
-    # AUROC: each OoD sample counts the ID samples strictly above it plus half its ties.
-    auroc = (2 * _rowdot(fp, TP) - _rowdot(fp, tp)) / (2.0 * n * m)
-    # FPR@95 (ID positive): first group whose cumulative ID count reaches the level.
-    k = np.argmax(TP >= _count_at(level, n), axis=1)
-    fpr95 = FP[rows, k].astype(np.float64) / m
-    # FPR@95 (OoD positive, -score): the lowest group g whose "OoD at or below g" count
-    # m - FP[g-1] reaches the level; report the ID share at or below it, n - TP[g-1].
-    k = np.sum(FP[:, :-1] <= m - _count_at(level, m), axis=1)
-    fpr95_ood = (n - np.where(k > 0, TP[rows, k - 1], 0).astype(np.float64)) / n
-    # Step-wise average precision: ID positive (descending), OoD positive (ascending).
-    seen = TP + FP
-    below = (n + m) - seen  # samples at or below each group: N - seen + tp + fp
-    below += tp
-    below += fp
-    np.maximum(seen, 1, out=seen)
-    aupr_in = _rowdot(tp, np.divide(TP, seen, out=seen)) / n
-    np.maximum(below, 1, out=below)
-    ood_below = np.subtract(m, FP, out=FP)
-    ood_below += fp
-    aupr_out = _rowdot(fp, np.divide(ood_below, below, out=below)) / m
-    return np.stack([auroc, fpr95, fpr95_ood, aupr_in, aupr_out], axis=1)
-
-
-def _rowdot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.einsum("ij,ij->i", a, b, dtype=np.float64)
-
-
-def _count_at(level: float, n: int) -> int:
-    """Smallest count c with c / n >= level (the tolerance of metrics._fpr_at)."""
-    return int(np.searchsorted(np.arange(n + 1) / n, level - 1e-12, side="left"))
 
 
 # --------------------------------------------------------------------------- rendering
@@ -345,12 +54,13 @@ def render(
     title: str | None = None,
     provenance: list[dict] | None = None,
     standalone: bool = False,
+    layout: str = "compact",
 ) -> Any:
     """Format a :func:`metrics_table` frame.
 
     Args:
         df: the tidy frame.
-        fmt: ``rich`` (a :class:`rich.table.Table`), ``markdown``, ``latex``, ``csv`` (the
+        fmt: ``rich`` (a :class:`TerminalView`, printable by a rich console), ``markdown``, ``latex``, ``csv`` (the
             tidy frame, fractions, all columns, after one ``#`` comment line naming the
             conventions: read it with ``pd.read_csv(f, comment="#")``) or ``json``
             (``{"conventions", "title", "records", "provenance"}``).
@@ -362,9 +72,11 @@ def render(
         provenance: per-model provenance (:func:`provenance`); defaults to
             ``df.attrs["provenance"]``.
         standalone: LaTeX only: a complete compilable document instead of a table float.
+        layout: rich only: ``compact`` (a table per metric, fitted to the console width) or
+            ``wide`` (every metric per set in one table); see :class:`TerminalView`.
 
     Returns:
-        A rich Table for ``rich``, else a string. Wide tables show percentages with two
+        A :class:`TerminalView` for ``rich``, else a string. Wide tables show percentages with two
         decimals, ``±`` the half-width of the bootstrap interval when present and the
         difference to the baseline model in parentheses when present.
     """
@@ -382,7 +94,7 @@ def render(
         return _json(df, title, prov)
     wide = _Wide(df, _expand_metrics(metrics, fpr_convention))
     if fmt == "rich":
-        return _rich(wide, title)
+        return TerminalView(wide, title, layout)
     if fmt == "markdown":
         return _markdown(wide, title, prov)
     return _latex(wide, title, prov, standalone)
@@ -396,6 +108,33 @@ def _expand_metrics(metrics: Sequence[str], convention: str) -> list[str]:
                 raise OodbenchError(f"Unknown metric {name!r}. Available: {', '.join(METRICS)}.")
             if name not in out:
                 out.append(name)
+    return out
+
+
+WORST = {"auroc": 0.0, "aupr_in": 0.0, "aupr_out": 0.0, "accuracy": 0.0, "fpr95": 100.0,
+         "fpr95_ood": 100.0}
+"""The worst possible value (percent) of each table metric: never highlighted."""
+
+
+def mark_ranks(values: dict[Any, float], higher_is_better: bool, worst: float | None = None) -> dict[Any, int]:
+    """Which cells of one column to highlight: key -> 1 (best, bold) or 2 (second, underlined).
+
+    ``values`` are percentages as displayed (NaN: absent). Ranks are those of the *distinct*
+    values: the best value, then the next one. A rank marks a cell only when exactly one cell
+    holds it (a tie singles nobody out), so a tied best marks nothing and a tied second no
+    second; a column whose values are all equal marks nothing. ``worst``, the worst possible
+    value (:data:`WORST`: 0 for AUROC/AUPR/accuracy, 100 for an FPR), is never marked.
+    """
+    vals = {k: v for k, v in values.items() if not math.isnan(v)}
+    distinct = sorted(set(vals.values()), reverse=higher_is_better)
+    out: dict[Any, int] = {}
+    if len(distinct) < 2:
+        return out
+    for rank, v in enumerate(distinct[:2], start=1):
+        holders = [k for k, x in vals.items() if x == v]
+        if len(holders) != 1 or v == worst:
+            break  # a tied or worst best leaves no meaningful second either
+        out[holders[0]] = rank
     return out
 
 
@@ -449,21 +188,15 @@ class _Wide:
         return v, half, getattr(r, f"d_{m}", None)
 
     def ranks(self) -> dict[tuple, int]:
-        """(row, col) -> 1 for the best, 2 for the second best value of its column within
-        its benchmark (compared at display precision; ties share a rank)."""
+        """(row, col) -> 1 (best) or 2 (second best) within its benchmark: :func:`mark_ranks`
+        of each column's values as shown (percent, two decimals)."""
         out: dict[tuple, int] = {}
         for bench in dict.fromkeys(r[0] for r in self.rows):
             rows = [r for r in self.rows if r[0] == bench]
             for col in self.columns:
                 vals = {r: round(100 * self.value(r, col)[0], 2) for r in rows}
-                vals = {r: v for r, v in vals.items() if not math.isnan(v)}
-                if len(vals) < 2:
-                    continue
-                sign = 1 if HIGHER_IS_BETTER[col[1]] else -1
-                distinct = sorted(set(vals.values()), key=lambda v: -sign * v)
-                for r, v in vals.items():
-                    if v in distinct[:2]:
-                        out[(r, col)] = distinct.index(v) + 1
+                marks = mark_ranks(vals, HIGHER_IS_BETTER[col[1]], WORST.get(col[1]))
+                out.update({(r, col): rank for r, rank in marks.items()})
         return out
 
     def show_delta(self, row, delta: float | None) -> bool:
@@ -493,31 +226,190 @@ def _plain_cell(wide: _Wide, row, col) -> str:
     return text
 
 
-def _rich(wide: _Wide, title: str | None):
-    from rich.table import Table
-    from rich.text import Text
+class TerminalView:
+    """The rich rendering of a metrics frame; it lays itself out for the console's width.
 
-    table = Table(
-        title=Text(title) if title else None, caption=CONVENTION_NOTE, caption_justify="left"
-    )
-    for name in wide.key_names:
-        table.add_column(name, overflow="fold")
-    for col in wide.columns:
-        ood, label = wide.header(col)
-        header = Text(f"{ood}\n{label}" if ood else label)  # Text: names are not markup
-        table.add_column(header, justify="right", overflow="fold")
-    ranks = wide.ranks()
-    previous = None
-    for row in wide.rows:
-        if previous is not None and row[0] != previous:
-            table.add_section()
-        previous = row[0]
-        cells = [Text(k) for k in wide.keys(row)]
-        for col in wide.columns:
-            style = {1: "bold", 2: "underline"}.get(ranks.get((row, col), 0), "")
-            cells.append(Text(_plain_cell(wide, row, col), style=style))
-        table.add_row(*cells)
-    return table
+    ``layout="compact"`` (default): one table per metric (AUROC, FPR@95...), rows = methods
+    (grouped by method, then model, when several models are compared), a column per OoD set
+    (when a table does not fit, names longer than :data:`SHORT_NAME` are abbreviated, with a
+    legend), then the ``near avg`` / ``far avg`` / ``avg`` columns, and ID accuracy in the
+    first table. Columns that still do not fit the width continue in a further table that
+    repeats the row keys, so a number is never wrapped. ``layout="wide"``: every metric of every set in one table, at its natural width.
+    Printed with a console, it uses the console's width; :meth:`natural_width` is the width at
+    which nothing is split (what :func:`to_text` uses by default, e.g. for files).
+    """
+
+    def __init__(self, wide: _Wide, title: str | None = None, layout: str = "compact"):
+        if layout not in LAYOUTS:
+            raise OodbenchError(f"Unknown table layout {layout!r}. Available: {', '.join(LAYOUTS)}.")
+        self.wide, self.title, self.layout = wide, title, layout
+        self.ranks = wide.ranks()
+        self.rows = _compare_order(wide)
+        self.names: dict[str, str] = {}  # OoD set -> shown name; set per rendering
+
+    def blocks(self) -> list[tuple[str | None, list[tuple]]]:
+        """(table title, columns) of each table before any split for width."""
+        w = self.wide
+        if self.layout == "wide":
+            return [(self.title, list(w.columns))]
+        out = []
+        for i, m in enumerate(w.metrics):
+            cols = [(ood, m) for ood in w.oods] + ([("", "accuracy")] if i == 0 else [])
+            name = f"{LABELS[m]} (%)"
+            out.append((f"{self.title} · {name}" if self.title else name, cols))
+        return out
+
+    def table(self, title: str | None, columns: list[tuple]):
+        """A rich Table of ``columns`` (key columns first); numbers never wrap."""
+        from rich import box
+        from rich.table import Table
+        from rich.text import Text
+
+        w = self.wide
+        table = Table(title=Text(title) if title else None, box=box.SIMPLE_HEAD, pad_edge=False,
+                      collapse_padding=True, show_edge=False)
+        for name in w.key_names:
+            table.add_column(name, overflow="fold")
+        for col in columns:
+            table.add_column(Text(self.header(col)), justify="right", no_wrap=True)
+        previous = None
+        for row in self.rows:
+            block = (row[0], row[2]) if w.several_models else (row[0],)
+            if previous is not None and block != previous:
+                table.add_section()
+            keys = w.keys(row)
+            if w.several_models and previous == block:  # the method once per block
+                keys[-1] = ""
+            previous = block
+            cells = [Text(k) for k in keys]
+            for col in columns:
+                style = {1: "bold", 2: "underline"}.get(self.ranks.get((row, col), 0), "")
+                cells.append(Text(_plain_cell(w, row, col), style=style))
+            table.add_row(*cells)
+        return table
+
+    def header(self, col: tuple) -> str:
+        ood, m = col
+        if not ood:
+            return LABELS[m]
+        name = self.names.get(ood, ood)
+        return name if self.layout == "compact" else f"{name}\n{LABELS[m]}"
+
+    def split(self, console, options, width: int):
+        """Tables of at most ``width`` columns: each block's columns packed greedily.
+
+        Widths are counted (cell lengths + 2 per gap, the table's layout) and each part is
+        checked with rich's own measure, dropping columns while it is still too wide."""
+        from rich.cells import cell_len
+        from rich.measure import Measurement
+
+        w = self.wide
+
+        def measured(title, cols) -> int:
+            opts = options.update_width(10**6)
+            return Measurement.get(console, opts, self.table(title, cols)).maximum
+
+        keys = [
+            max([cell_len(name)] + [cell_len(k[i]) for k in map(w.keys, self.rows)])
+            for i, name in enumerate(w.key_names)
+        ]
+        base = sum(keys) + 2 * (len(keys) - 1)
+        for title, cols in self.blocks():
+            sizes = {
+                c: max([*map(cell_len, self.header(c).split("\n"))]
+                       + [cell_len(_plain_cell(w, r, c)) for r in self.rows])
+                for c in cols
+            }
+            pending = list(cols)
+            while pending:
+                part, used = [pending[0]], base + 2 + sizes[pending[0]]
+                for c in pending[1:]:
+                    if used + 2 + sizes[c] > width:
+                        break
+                    part.append(c)
+                    used += 2 + sizes[c]
+                while len(part) > 1 and measured(title, part) > width:
+                    part.pop()
+                yield self.table(title, part)
+                pending, title = pending[len(part):], None
+
+    def notes(self) -> list[str]:
+        legend = [f"{short} = {name}" for name, short in self.names.items() if short != name]
+        out = [f"Percent; best bold, second underlined ({HIGHLIGHT_RULE}). {CONVENTION_NOTE}"]
+        return out + ([f"Sets: {'; '.join(legend)}."] if legend else [])
+
+    def natural_width(self, console=None) -> int:
+        """Width (columns) at which no table is split."""
+        from rich.console import Console
+        from rich.measure import Measurement
+
+        console = console or Console(width=10**6)
+        opts = console.options.update_width(10**6)
+        return max(Measurement.get(console, opts, self.table(t, c)).maximum for t, c in self.blocks())
+
+    def __rich_console__(self, console, options):
+        from rich.text import Text
+
+        self.names = {}
+        tables = list(self.split(console, options, options.max_width))
+        if self.layout == "compact" and len(tables) > len(self.blocks()):  # shorter names
+            self.names = _short_names(self.wide.oods)
+            tables = list(self.split(console, options, options.max_width))
+        for i, table in enumerate(tables):
+            if i:
+                yield Text("")
+            yield table
+        yield Text("")
+        for note in self.notes():
+            yield Text(note, style="dim")
+
+    def __rich_measure__(self, console, options):
+        from rich.measure import Measurement
+
+        return Measurement(40, min(options.max_width, self.natural_width(console)))
+
+
+def to_text(view: Any, width: int | None = None, *, styles: bool = False) -> str:
+    """``view`` (a rich renderable, e.g. :class:`TerminalView`) as text ``width`` columns wide.
+
+    ``width`` None: the view's natural width (:meth:`TerminalView.natural_width`), the full
+    table for files and logs. ``styles``: keep ANSI styles (bold/underline marks).
+    """
+    import io
+
+    from rich.console import Console
+
+    if width is None:
+        width = view.natural_width() if hasattr(view, "natural_width") else 10**4
+    buf = io.StringIO()
+    console = Console(file=buf, width=width, force_terminal=styles, color_system="standard" if styles else None,
+                      no_color=not styles, highlight=False, emoji=False)
+    console.print(view)
+    return "\n".join(line.rstrip() for line in buf.getvalue().splitlines()) + "\n"
+
+
+def _compare_order(wide: _Wide) -> list[tuple[str, str, str]]:
+    """Rows by benchmark; with several models grouped by method (models side by side)."""
+    if not wide.several_models:
+        return list(wide.rows)
+    methods = {m: i for i, m in enumerate(dict.fromkeys(r[2] for r in wide.rows))}
+    models = {m: i for i, m in enumerate(dict.fromkeys(r[1] for r in wide.rows))}
+    benches = {b: i for i, b in enumerate(dict.fromkeys(r[0] for r in wide.rows))}
+    return sorted(wide.rows, key=lambda r: (benches[r[0]], methods[r[2]], models[r[1]]))
+
+
+def _short_names(names: Sequence[str], limit: int | None = None) -> dict[str, str]:
+    """Column names of at most ``limit`` characters (default :data:`SHORT_NAME`), unique."""
+    limit = limit or SHORT_NAME
+    out: dict[str, str] = {}
+    for name in names:
+        short = name if len(name) <= limit else name[: limit - 1] + "…"
+        i = 1
+        while short in out.values():
+            i += 1
+            short = f"{name[: limit - 1 - len(str(i))]}…{i}"
+        out[name] = short
+    return out
 
 
 def _md_escape(s: str) -> str:
@@ -539,7 +431,7 @@ def _markdown(wide: _Wide, title: str | None, prov: list[dict]) -> str:
             mark = {1: "**", 2: "_"}.get(ranks.get((row, col), 0), "")
             cells.append(f"{mark}{text}{mark}")
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"Percent; best **bold**, second _italic_. {CONVENTION_NOTE}", ""]
+    lines += ["", f"Percent; best **bold**, second _italic_ ({HIGHLIGHT_RULE}). {CONVENTION_NOTE}", ""]
     lines += _provenance_lines(prov, bullet="- ")
     return "\n".join(lines) + "\n"
 
@@ -619,27 +511,41 @@ def _tex_cell(wide: _Wide, row, col, rank: int) -> str:
     return text
 
 
+TEX_LINEWIDTH = 345.0
+"""Width (pt) the LaTeX parts are packed for: ``article``'s 10 pt text width."""
+
+
 def _latex(wide: _Wide, title: str | None, prov: list[dict], standalone: bool) -> str:
+    r"""A table float of one or more tabulars, each at most :data:`TEX_LINEWIDTH` wide.
+
+    The OoD sets (all metrics of a set stay together; ID accuracy closes the last part) are
+    packed into parts by an estimate of their width in ``\small``; each part repeats the row
+    keys and is shrunk to ``\linewidth`` only if it is still wider (a narrower page), so the
+    fragment never makes an overfull box.
+    """
     caption = tex_escape((title + ". ") if title else "") + tex_escape(
-        f"Percent; best bold, second underlined. {CONVENTION_NOTE}"
+        f"Percent; best bold, second underlined ({HIGHLIGHT_RULE}). {CONVENTION_NOTE}"
     )
-    tabular = _tex_tabular(wide)
-    if standalone:  # shrink a table wider than the page to fit it (graphicx)
-        tabular = [
+    parts = _tex_parts(wide)
+    body: list[str] = [r"\ifdefined\oodbenchbox\else\newsavebox{\oodbenchbox}\fi"]
+    for i, (oods, acc) in enumerate(parts):
+        if i:
+            body.append(r"\par\medskip")
+        body += [
             r"\sbox{\oodbenchbox}{%",
-            *tabular,
-            "}",
-            r"\ifdim\wd\oodbenchbox>\linewidth \resizebox{\linewidth}{!}{\usebox{\oodbenchbox}}%",
-            r"\else\usebox{\oodbenchbox}\fi",
+            *_tex_tabular(wide, oods, acc),
+            "}%",
+            r"\ifdim\wd\oodbenchbox>\linewidth \typeout{oodbench: a table part scaled to linewidth}%",
+            r"\resizebox{\linewidth}{!}{\usebox{\oodbenchbox}}\else\usebox{\oodbenchbox}\fi",
         ]
     lines = [_tex_comment(f"% {line}") for line in _provenance_lines(prov, bullet="  ")]
     lines += [
-        "% requires \\usepackage{booktabs}",
+        "% requires \\usepackage{booktabs} and \\usepackage{graphicx}",
         r"\begin{table}[t]",
         r"\centering",
         r"\small",
         rf"\caption{{{caption}}}",
-        *tabular,
+        *body,
         r"\end{table}",
     ]
     if standalone:
@@ -648,8 +554,6 @@ def _latex(wide: _Wide, title: str | None, prov: list[dict], standalone: bool) -
             r"\usepackage[T1]{fontenc}",
             r"\usepackage{booktabs}",
             r"\usepackage{graphicx}",
-            r"\usepackage[landscape,margin=1.5cm]{geometry}",
-            r"\newsavebox{\oodbenchbox}",
             r"\begin{document}",
             *lines,
             r"\end{document}",
@@ -657,17 +561,75 @@ def _latex(wide: _Wide, title: str | None, prov: list[dict], standalone: bool) -
     return "\n".join(lines) + "\n"
 
 
-def _tex_tabular(wide: _Wide) -> list[str]:
-    """The booktabs tabular: a row of OoD set names over a row of metric labels."""
-    nk, nm = len(wide.key_names), len(wide.metrics)
-    top, rules, pos = [""] * nk, [], nk + 1
+def _tex_len(text: str, small: float = 4.6, big: float = 6.8) -> float:
+    r"""Rough width (pt) of ``text`` in ``\small`` roman: capitals and symbols wider."""
+    return sum(big if (c.isupper() or c in "@%±") else small for c in text)
+
+
+def _label_lines(label: str) -> list[str]:
+    """A metric label on at most two lines: ``FPR@95TPR(ID+)↓`` -> ``FPR@95`` / ``TPR(ID+)↓``."""
+    head, sep, tail = label.partition("TPR")
+    return [head, sep + tail] if sep and head else [label]
+
+
+def _tex_label(label: str) -> str:
+    """A header cell: the label's lines stacked (a nested tabular; no extra package)."""
+    lines = _label_lines(label)
+    if len(lines) == 1:
+        return tex_escape(label)
+    return r"\begin{tabular}[b]{@{}r@{}}" + r"\\".join(map(tex_escape, lines)) + r"\end{tabular}"
+
+
+def _tex_parts(wide: _Wide, width: float = TEX_LINEWIDTH) -> list[tuple[list[str], bool]]:
+    """(OoD sets, with ID accuracy) of each tabular: sets packed greedily under ``width`` pt."""
+    pad = 12.0  # 2 x \tabcolsep
+    keys = sum(
+        pad + max(_tex_len(k) for k in [name, *(wide.keys(r)[i] for r in wide.rows)])
+        for i, name in enumerate(wide.key_names)
+    )
+
+    def col_width(col) -> float:
+        cells = [_plain_cell(wide, r, col) for r in wide.rows]
+        main = max(len(c.split(" ")[0]) for c in cells)  # the value; interval, delta scriptsize
+        rest = max(len(c) - len(c.split(" ")[0]) for c in cells)
+        label = max(map(_tex_len, _label_lines(wide.header(col)[1])))
+        return pad + max(label, 4.6 * main + 3.6 * rest)
+
+    def set_width(ood) -> float:
+        cols = sum(col_width((ood, m)) for m in wide.metrics)
+        return max(cols, pad + _tex_len(ood))
+
+    acc = col_width(("", "accuracy"))
+    parts: list[tuple[list[str], bool]] = []
+    current: list[str] = []
+    used = keys
     for ood in wide.oods:
+        w = set_width(ood)
+        if current and used + w > width:
+            parts.append((current, False))
+            current, used = [], keys
+        current.append(ood)
+        used += w
+    if current and used + acc > width:
+        parts.append((current, False))
+        current = []
+    parts.append((current, True))
+    return parts
+
+
+def _tex_tabular(wide: _Wide, oods: Sequence[str], with_acc: bool) -> list[str]:
+    """A booktabs tabular of ``oods``: a row of OoD set names over a row of metric labels."""
+    nk, nm = len(wide.key_names), len(wide.metrics)
+    columns = [(o, m) for o in oods for m in wide.metrics] + ([("", "accuracy")] if with_acc else [])
+    top, rules, pos = [""] * nk, [], nk + 1
+    for ood in oods:
         top.append(rf"\multicolumn{{{nm}}}{{c}}{{{tex_escape(ood)}}}")
         rules.append(rf"\cmidrule(lr){{{pos}-{pos + nm - 1}}}")
         pos += nm
-    top.append("")
+    if with_acc:
+        top.append("")
     second = [tex_escape(k) for k in wide.key_names]
-    second += [tex_escape(wide.header(c)[1]) for c in wide.columns]
+    second += [_tex_label(wide.header(c)[1]) for c in columns]
     ranks = wide.ranks()
     body, previous = [], None
     for row in wide.rows:
@@ -675,13 +637,13 @@ def _tex_tabular(wide: _Wide) -> list[str]:
             body.append(r"\midrule")
         previous = row[0]
         cells = [tex_escape(k) for k in wide.keys(row)]
-        cells += [_tex_cell(wide, row, c, ranks.get((row, c), 0)) for c in wide.columns]
+        cells += [_tex_cell(wide, row, c, ranks.get((row, c), 0)) for c in columns]
         body.append(" & ".join(cells) + r" \\")
+    head = [" & ".join(top) + r" \\", " ".join(rules)] if oods else []
     return [
-        rf"\begin{{tabular}}{{{'l' * nk + 'r' * len(wide.columns)}}}",
+        rf"\begin{{tabular}}{{{'l' * nk + 'r' * len(columns)}}}",
         r"\toprule",
-        " & ".join(top) + r" \\",
-        " ".join(rules),
+        *head,
         " & ".join(second) + r" \\",
         r"\midrule",
         *body,

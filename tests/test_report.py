@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import math
 import shutil
 import subprocess
 
@@ -12,20 +13,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from rich.console import Console
-from rich.table import Table
 
 from oodbench.errors import OodbenchError
 from oodbench.metrics import LABELS, METRICS, evaluate
 from oodbench.plots import save_plots
-from oodbench.report import (
-    _metrics_from_groups,
-    _tie_groups,
-    bootstrap,
-    metrics_table,
-    render,
-    tex_escape,
-)
+from oodbench.report import TerminalView, mark_ranks, render, tex_escape, to_text
 from oodbench.results import ScoreRecord
+from oodbench.tables import _metrics_from_groups, _tie_groups, bootstrap, metrics_table
 
 MODELS = ("zeroshot", "ft_lora")
 METHODS = ("msp", "energy", "my_score%")  # '_' and '%' must be escaped in LaTeX
@@ -215,7 +209,7 @@ def test_bootstrap_shape():
 
 def test_rich(table):
     t = render(table, "rich", title="Toy")
-    assert isinstance(t, Table)
+    assert isinstance(t, TerminalView)
     console = Console(record=True, width=400)
     console.print(t)
     text = console.export_text()
@@ -223,6 +217,109 @@ def test_rich(table):
         assert method in text
     assert LABELS["fpr95"] in text and "ft_lora" in text
     assert "±" in text and "(+" in text  # interval and delta vs the baseline
+
+
+def expected_cells(df: pd.DataFrame, metrics=("auroc", "fpr95")) -> list[str]:
+    """Every table cell as it must appear on one line: value ±half-width (delta vs baseline)."""
+    cells = []
+    for r in df.itertuples():
+        for m in metrics:
+            text = f"{100 * getattr(r, m):.2f}"
+            if hasattr(r, f"{m}_lo"):
+                text += f" ±{100 * (getattr(r, f'{m}_hi') - getattr(r, f'{m}_lo')) / 2:.2f}"
+            if hasattr(r, f"d_{m}") and r.model != df.attrs.get("baseline"):
+                text += f" ({100 * getattr(r, f'd_{m}'):+.2f})"
+            cells.append(text)
+    return cells
+
+
+def check_fits(text: str, df: pd.DataFrame, width: int = 80) -> None:
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= width
+    flat = set()
+    for line in lines:  # cells are separated by at least two spaces (one per side)
+        flat.update(c.strip() for c in line.split("  ") if c.strip())
+    missing = [c for c in expected_cells(df) if c not in flat]
+    assert not missing, missing[:5]  # a wrapped cell would be split over two lines
+
+
+@pytest.mark.parametrize("several", [False, True])
+def test_rich_fits_80_columns(records, several):
+    recs = records if several else [r for r in records if r.model == "zeroshot"]
+    df = metrics_table(recs, baseline="zeroshot" if several else None, ci=0.95, n_boot=50)
+    console = Console(record=True, width=80)
+    console.print(render(df, "rich", title="Toy"))
+    text = console.export_text()
+    check_fits(text, df)
+    assert "Toy · AUROC↑ (%)" in text and f"Toy · {LABELS['fpr95']} (%)" in text
+    if several:  # models side by side under each method, the method named once
+        lines = text.splitlines()
+        i = next(k for k, x in enumerate(lines) if x.startswith("zeroshot") and " msp " in x)
+        assert lines[i + 1].startswith("ft_lora ") and " msp " not in lines[i + 1]
+
+
+def test_rich_abbreviates_long_set_names_only_when_needed(records):
+    rec = copy.copy(records[0])
+    names = ["inaturalist-mos", "places-mos", "textures-dtd", "openimage-o"]
+    rec.ood_scores = {n: rec.ood_scores["near_a"] + i for i, n in enumerate(names)}
+    rec.groups = dict.fromkeys(names, "far")
+    view = render(metrics_table([rec]), "rich")
+    for width, short in [(80, True), (300, False)]:
+        console = Console(record=True, width=width)
+        console.print(view)
+        text = console.export_text()
+        assert ("inatural… = inaturalist-mos" in text) == short  # the legend
+        header = next(x for x in text.splitlines() if x.startswith("Method"))
+        assert ("inatural…" in header) == short and ("inaturalist-mos" in header) != short
+        assert "places-mos" in text  # short enough as it is
+
+
+def test_rich_wide_layout_and_natural_width(table):
+    view = render(table, "rich", layout="wide")
+    text = to_text(view)  # natural width: one table, every metric of every set
+    header = [x for x in text.splitlines() if x.startswith("Model")]
+    assert len(header) == 1 and header[0].count(LABELS["fpr95"]) == 7
+    assert max(map(len, text.splitlines())) > 80  # nothing squeezed
+    compact = to_text(render(table, "rich"))  # compact, unsplit: one table per metric
+    assert compact.count("near_a") == 2 and compact.count("ID acc") == 1
+    with pytest.raises(OodbenchError, match="Unknown table layout 'tall'"):
+        render(table, "rich", layout="tall")
+
+
+def write_scores(tmp_path, records) -> list[str]:
+    from oodbench.results import save_records
+
+    paths = []
+    for model in dict.fromkeys(r.model for r in records):
+        path = tmp_path / f"{model}.h5"
+        mine = [r for r in records if r.model == model]
+        save_records(path, mine, {"benchmark": "toy", "model_key": mine[0].model_key,
+                                  "fingerprint": FINGERPRINT, "model_label": model})
+        paths.append(str(path))
+    return paths
+
+
+def oodbench_cli(*args, COLUMNS: str | None = None) -> str:
+    """``oodbench report ARGS`` in process, stdout not a terminal; COLUMNS None: unset."""
+    from typer.testing import CliRunner
+
+    from oodbench.cli import app
+
+    result = CliRunner().invoke(app, ["report", *args], env={"COLUMNS": COLUMNS})
+    assert result.exit_code == 0, result.output[-2000:]
+    return result.stdout
+
+
+def test_cli_report_80_columns_and_full_width(records, tmp_path):
+    paths = write_scores(tmp_path, records)
+    df = metrics_table(records, baseline="zeroshot")
+    check_fits(oodbench_cli(*paths, "--baseline", "zeroshot", COLUMNS="80"), df)
+    piped = oodbench_cli(*paths, "--baseline", "zeroshot")  # a pipe, no COLUMNS: full width
+    check_fits(piped, df, width=10**4)
+    assert piped.count("near_a") == 2  # not split: one table per metric
+    oodbench_cli(*paths, "--wide", "-o", str(tmp_path / "t.txt"), COLUMNS="80")  # a file: full width
+    wide = (tmp_path / "t.txt").read_text()
+    assert max(map(len, wide.splitlines())) > 80 and wide.count(LABELS["fpr95"]) >= 7
 
 
 @pytest.mark.parametrize("fmt", ["markdown", "latex", "json", "csv"])
@@ -243,7 +340,49 @@ def test_markdown_layout(table):
     assert f"near_a {LABELS['fpr95_ood']}" in header and LABELS["fpr95"] not in header
     assert "avg AUROC↑" in header and "ID acc↑" in header
     best = next(line for line in out.splitlines() if line.startswith("| ft_lora | my_score% |"))
-    assert best.count("**") >= 2 * 14  # best in every AUROC/FPR column (2 x 7)
+    cells = best.split(" | ")[2:-1]  # 7 x (AUROC, FPR)
+    # best in every AUROC/FPR column but far_b's: its AUROC is energy's, its FPR a 0.00 tie
+    assert [c.startswith("**") for c in cells] == [True] * 6 + [False, False] + [True] * 6
+    assert "0.00 ±0.00 (-1.00) |" in best and "| 0.00 ±0.00 (-2.33) |" in out  # tie: unmarked
+
+
+@pytest.mark.parametrize(
+    ("values", "higher", "want", "worst"),
+    [
+        ({"a": 90.0, "b": 80.0, "c": 70.0}, True, {"a": 1, "b": 2}, 0.0),
+        ({"a": 10.0, "b": 20.0, "c": 30.0}, False, {"a": 1, "b": 2}, 100.0),
+        ({"a": 90.0, "b": 90.0, "c": 70.0}, True, {}, 0.0),  # tied best: nobody singled out
+        ({"a": 90.0, "b": 80.0, "c": 80.0}, True, {"a": 1}, 0.0),  # tied second: no second
+        ({"a": 50.0, "b": 50.0}, True, {}, 0.0),  # all equal
+        ({"a": 50.0, "b": 100.0, "c": 100.0}, False, {"a": 1}, 100.0),  # FPR 100: never marked
+        ({"a": 50.0, "b": 100.0}, False, {"a": 1}, 100.0),
+        ({"a": 50.0, "b": 100.0}, False, {"a": 1, "b": 2}, None),  # no known worst value
+        ({"a": 100.0, "b": 100.0}, False, {}, 100.0),
+        ({"a": 60.0, "b": 0.0}, True, {"a": 1}, 0.0),  # AUROC 0 is never marked
+        ({"a": 60.0, "b": math.nan, "c": 55.0}, True, {"a": 1, "c": 2}, 0.0),  # absent: skipped
+    ],
+)
+def test_mark_ranks(values, higher, want, worst):
+    assert mark_ranks(values, higher, worst) == want
+
+
+def test_highlighting_skips_ties_and_worst_values():
+    def rec(method, shift, seed):  # shift 20: perfect (AUROC 100, FPR 0); -20: AUROC 0, FPR 100
+        r = make_record("zeroshot", method, shift, seed)
+        r.ood_scores = {"near_a": r.ood_scores["near_a"]}
+        r.groups = {"near_a": "near"}
+        return r
+
+    df = metrics_table([rec("perfect", 20, 1), rec("also", 20, 2), rec("worst", -20, 3)])
+    out = render(df, "markdown")
+    assert "**" not in out.split("\n\n")[0] and "_100" not in out and "_0.00" not in out
+    view = render(df, "rich")
+    assert not view.ranks  # every column: a tie at the best value, the rest the worst value
+    ranks = render(metrics_table([rec("perfect", 20, 1), rec("worst", -20, 3)]), "rich").ranks
+    assert {(r[2], c[1], k) for (r, c), k in ranks.items() if c[0] == "near_a"} == {
+        ("perfect", "auroc", 1),
+        ("perfect", "fpr95", 1),
+    }  # the second best is the worst possible value (AUROC 0, FPR 100): not underlined
 
 
 def test_csv_round_trip(table):
@@ -279,8 +418,11 @@ def test_tex_escape():
 
 
 def latex_row(out: str, model: str, method: str) -> list[str]:
-    line = next(x for x in out.splitlines() if x.startswith(f"{tex_escape(model)} & {method} &"))
-    return [c.strip() for c in line.removesuffix(r"\\").split(" & ")]
+    """Keys and cells of one row, its parts (one per tabular) joined."""
+    prefix = f"{tex_escape(model)} & {method} &"
+    lines = [x for x in out.splitlines() if x.startswith(prefix)]
+    cells = [c.strip() for line in lines for c in line.removesuffix(r"\\").split(" & ")[2:]]
+    return [tex_escape(model), method, *cells]
 
 
 def test_latex_structure_and_escaping(table):
@@ -290,7 +432,7 @@ def test_latex_structure_and_escaping(table):
     assert r"my\_score\%" in out and r"Toy\_1 \& 2" in out and r"near\_a" in out
     body = [x for x in out.splitlines() if not x.startswith("%")]
     assert not any("my_score%" in x or "near_a" in x for x in body)  # raw only in comments
-    assert r"FPR@95TPR(ID+)$\downarrow$" in out and r"$\pm$" in out
+    assert r"FPR@95\\TPR(ID+)$\downarrow$" in out and r"$\pm$" in out  # label on two lines
     assert r"\documentclass" not in out
 
 
@@ -308,7 +450,7 @@ def test_latex_best_bold_second_underlined(table):
 
 def test_latex_fpr_convention_header(table):
     out = render(table, "latex", fpr_convention="both")
-    assert r"FPR@95TPR(ID+)$\downarrow$" in out and r"FPR@95TPR(OoD+)$\downarrow$" in out
+    assert r"TPR(ID+)$\downarrow$" in out and r"TPR(OoD+)$\downarrow$" in out
 
 
 LATEX = next((e for e in ("pdflatex", "lualatex", "tectonic") if shutil.which(e)), None)
@@ -320,19 +462,50 @@ def test_latex_standalone_document(table):
     assert doc.rstrip().endswith(r"\end{document}")
 
 
-@pytest.mark.skipif(LATEX is None, reason="no LaTeX engine (pdflatex/lualatex/tectonic); .ci/run installs one")
-def test_latex_standalone_compiles(table, tmp_path):
-    doc = render(table, "latex", standalone=True, title="Toy")
-    engine = LATEX
+def compile_latex(doc: str, tmp_path) -> str:
+    """Compile ``doc`` with the LaTeX engine; returns the log."""
     (tmp_path / "table.tex").write_text(doc)
     args = (
-        [engine, "table.tex"]
-        if engine == "tectonic"
-        else [engine, "-interaction=nonstopmode", "-halt-on-error", "table.tex"]
+        [LATEX, "table.tex"]
+        if LATEX == "tectonic"
+        else [LATEX, "-interaction=nonstopmode", "-halt-on-error", "table.tex"]
     )
     proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert (tmp_path / "table.pdf").stat().st_size > 0
+    log = tmp_path / "table.log"
+    return log.read_text(errors="replace") if log.exists() else proc.stdout + proc.stderr
+
+
+NO_LATEX = "no LaTeX engine (pdflatex/lualatex/tectonic); .ci/run installs one"
+
+
+@pytest.mark.skipif(LATEX is None, reason=NO_LATEX)
+def test_latex_standalone_compiles(table, tmp_path):
+    log = compile_latex(render(table, "latex", standalone=True, title="Toy"), tmp_path)
+    assert "Overfull \\hbox" not in log
+
+
+@pytest.mark.skipif(LATEX is None, reason=NO_LATEX)
+@pytest.mark.parametrize("columns", ["onecolumn", "twocolumn"])
+def test_latex_fragment_fits_the_page(table, tmp_path, columns):
+    # 7 OoD columns x 2 metrics with intervals and deltas: ~1000 pt as one tabular
+    fragment = render(table, "latex", title="Toy")
+    doc = "\n".join([
+        rf"\documentclass[{columns}]{{article}}",
+        r"\usepackage[T1]{fontenc}",
+        r"\usepackage{booktabs}",
+        r"\usepackage{graphicx}",
+        r"\begin{document}",
+        fragment,
+        render(table, "latex"),  # twice in one document: the save box is allocated once
+        r"\end{document}",
+    ])
+    log = compile_latex(doc, tmp_path)
+    assert "Overfull \\hbox" not in log
+    assert fragment.count(r"\sbox{\oodbenchbox}") > 1  # split into parts
+    if columns == "onecolumn":  # the parts fit article's text width unscaled
+        assert "scaled to linewidth" not in log
 
 
 # --------------------------------------------------------------------------- plots
@@ -369,3 +542,36 @@ def test_save_plots(records, tmp_path):
         head = p.read_bytes()[:8]
         assert p.stat().st_size > 1000
         assert head.startswith(b"\x89PNG") if p.suffix == ".png" else head.startswith(b"%PDF")
+
+
+# --------------------------------------------------------------------------- import graph
+
+
+def imported_modules(module: str) -> set[str]:
+    """oodbench modules a module imports anywhere in its source (also inside functions)."""
+    import ast
+    import importlib.util
+
+    path = importlib.util.find_spec(module).origin
+    tree = ast.parse(open(path, encoding="utf-8").read())
+    package = module.rsplit(".", 1)[0]
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            out.add(base)
+            out.update(f"{base}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+    return {m for m in out if m.startswith("oodbench")}
+
+
+def test_tables_plots_report_import_one_way():
+    # report -> plots -> tables: the table-building piece lives below both renderers
+    assert not {"oodbench.report", "oodbench.plots"} & imported_modules("oodbench.tables")
+    assert "oodbench.report" not in imported_modules("oodbench.plots")
+    assert "oodbench.tables.metrics_table" in imported_modules("oodbench.plots")
+    assert "oodbench.tables.metrics_table" in imported_modules("oodbench.report")

@@ -5,8 +5,10 @@
     wise_mix(res.path, [0.25, 0.5, 0.75], head="mix")
     study = run_study("digits", recipes=["lp", "ft", "flyp", "lora"], store="study_store")
 
-Recipes: ``lp``, ``ft``, ``lpft``, ``flyp``, ``lora`` (see :mod:`oodbench.finetune.recipes`);
-regularisers ``l2sp``, ``feature``, ``ldifs``; WiSE-FT mixing in :mod:`oodbench.finetune.wise`.
+Recipes: ``lp``, ``ft``, ``lpft``, ``flyp``, ``lora``, one module each in
+:mod:`oodbench.finetune.recipes`, registered in :mod:`oodbench.finetune.registry`; the shared
+loop in :mod:`oodbench.finetune.trainer`; regularisers ``l2sp``, ``feature``, ``ldifs`` in
+:mod:`oodbench.finetune.regularisers`; WiSE-FT mixing in :mod:`oodbench.finetune.wise`.
 """
 
 from .lora import apply_lora, load_adapter, merged_state_dict, save_adapter
@@ -16,9 +18,13 @@ from .recipes import (
     REGULARISERS,
     FinetuneConfig,
     FinetuneResult,
+    Recipe,
     describe_checkpoint,
     finetune,
     fit_linear_probe,
+    get_recipe,
+    recipe_names,
+    register_recipe,
 )
 from .study import StudyResult, parse_recipe, run_study
 from .wise import DEFAULT_ALPHAS, wise_mix, wise_path
@@ -30,14 +36,18 @@ __all__ = [
     "REGULARISERS",
     "FinetuneConfig",
     "FinetuneResult",
+    "Recipe",
     "StudyResult",
     "apply_lora",
     "describe_checkpoint",
     "finetune",
     "fit_linear_probe",
+    "get_recipe",
     "load_adapter",
     "merged_state_dict",
     "parse_recipe",
+    "recipe_names",
+    "register_recipe",
     "run_study",
     "save_adapter",
     "wise_mix",

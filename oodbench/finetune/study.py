@@ -30,7 +30,9 @@ import numpy as np
 from ..config import Catalogue, load_catalogue
 from ..console import info
 from ..errors import OodbenchError
-from .recipes import FinetuneConfig, describe_checkpoint, finetune
+from .common import describe_checkpoint
+from .config import FinetuneConfig
+from .trainer import finetune
 from .wise import DEFAULT_ALPHAS, wise_mix
 
 DEFAULT_RECIPES = ("lp", "ft", "lpft", "flyp", "lora", "ft+ldifs")

@@ -22,7 +22,7 @@ from ..console import info, warn
 from ..errors import OodbenchError
 from ..models import load_model
 from ..models.checkpoints import adapt, mix_states
-from .recipes import _jsonable, _save_atomic, _state_fingerprint
+from .common import _jsonable, _save_atomic, _state_fingerprint
 
 DEFAULT_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 

@@ -1,0 +1,358 @@
+"""The shared trainer: builds the base model and data for a config, runs a registered recipe's
+gradient loop (AdamW, warm-up + cosine schedule, autocast, GradScaler), evaluates, saves and
+resumes, and exports the checkpoint.
+
+Every gradient recipe is seeded (batches, augmentation, head/LoRA init), runs under autocast on
+CUDA (bf16 where supported, else fp16 with a GradScaler), shows a rich progress bar with the loss
+and the ID validation accuracy, saves a resume state every ``save_every`` steps
+(``<name>.state.pt``: weights, optimizer, schedule, sampler RNG) and resumes from it. Exported
+checkpoints (``<name>.pt``) carry an ``oodbench`` entry with the recipe, the full config, the
+base model's fingerprint (:func:`oodbench.models.fingerprint_state`) and the fingerprint the
+fine-tuned model will have in the store.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import __version__
+from ..config import Catalogue, load_catalogue
+from ..console import info, progress
+from ..errors import OodbenchError
+from ..models import check_device, load_model
+from ..models.loading import has_quick_gelu
+from .common import (
+    _jsonable,
+    _save_atomic,
+    _state_fingerprint,
+    amp_dtype,
+    describe_checkpoint,
+    embed_images,
+)
+from .config import CKPT_FORMAT_VERSION, STATE_FORMAT, FinetuneConfig, FinetuneResult
+from .data import BatchSampler, ImageSet, load_split, random_shift
+from .probe import fit_linear_probe
+from .recipes.base import Recipe
+from .registry import get_recipe
+from .regularisers import Regulariser
+
+
+def _resolve_model(cfg: FinetuneConfig, cat: Catalogue) -> tuple[str, str | None]:
+    bench = cat.benchmark(cfg.benchmark)
+    model = cfg.model or bench.model.get("name")
+    if not model:
+        raise OodbenchError(f"Benchmark {cfg.benchmark!r} names no model: pass --model.")
+    pretrained = cfg.pretrained
+    if pretrained == "auto":
+        pretrained = bench.model.get("pretrained") if model == bench.model.get("name") else None
+        if pretrained is None and model != bench.model.get("name"):
+            raise OodbenchError(f"Give --pretrained for {model} (the benchmark's model is {bench.model.get('name')}).")
+    return model, pretrained
+
+
+class Trainer:
+    """Builds the base model and data for a config, runs a recipe, saves and resumes."""
+
+    def __init__(self, cfg: FinetuneConfig, out_dir: Path, catalogue: Catalogue | None = None,
+                 store: str | Path | None = None) -> None:
+        self.cfg, self.out_dir = cfg, Path(out_dir)
+        self.cat = catalogue or load_catalogue(cfg.benchmarks)
+        self.bench = self.cat.benchmark(cfg.benchmark)
+        self.model_name, self.pretrained = _resolve_model(cfg, self.cat)
+        self.device = check_device(cfg.device)
+        self.amp = amp_dtype(self.device, cfg.precision)
+        self.store = store
+        torch.manual_seed(cfg.seed)
+        bundle = load_model(self.model_name, self.pretrained, device=self.device, seed=cfg.seed)
+        self.bundle = bundle
+        self.model = bundle.model
+        self.base_fingerprint = bundle.fingerprint
+        self.preprocess, self.tokenizer = bundle.preprocess, bundle.tokenizer
+        self.classes, self.templates = list(self.bench.classes), list(self.bench.templates)
+        self.n_classes, self.n_templates = len(self.classes), len(self.templates)
+        self.tokens = self.tokenizer([t.format(c) for t in self.templates for c in self.classes]).to(self.device)
+        self.history: list[dict[str, float]] = []
+        self.lp_info: dict[str, Any] | None = None
+
+    # -- paths
+    @property
+    def ckpt_path(self) -> Path:
+        return self.out_dir / f"{self.cfg.run_name}.pt"
+
+    @property
+    def state_path(self) -> Path:
+        return self.out_dir / f"{self.cfg.run_name}.state.pt"
+
+    @property
+    def adapter_path(self) -> Path:
+        return self.out_dir / f"{self.cfg.run_name}.lora.pt"
+
+    # -- data
+    def data(self) -> tuple[ImageSet, ImageSet | None]:
+        train = load_split(self.cat, self.bench.id_train, self.preprocess, self.cfg.data_root)
+        val = load_split(self.cat, self.bench.id_val, self.preprocess, self.cfg.data_root) if self.bench.id_val else None
+        return train, val
+
+    def lp_features(self, data: ImageSet, dataset: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised embeddings of the base model: from the store when it has them, else computed."""
+        if self.store is not None:
+            from ..store import FeatureFile, Store
+
+            path = Store(self.store).features_path(self.bundle.key, dataset)
+            if path.exists():
+                ff = FeatureFile(path)
+                if ff.attrs.get("model_fingerprint") == self.base_fingerprint:
+                    z = torch.as_tensor(ff.load("image_embeds"), dtype=torch.float32)
+                    info(f"[dim]linear probe: cached features[/] {path}")
+                    return F.normalize(z, dim=-1), torch.as_tensor(ff.load("labels"), dtype=torch.long)
+        return embed_images(self.model, data, self.device, self.amp)
+
+    def linear_probe(self, train: ImageSet, val: ImageSet | None) -> tuple[torch.Tensor, torch.Tensor]:
+        zt, yt = self.lp_features(train, self.bench.id_train)
+        zv, yv = self.lp_features(val, self.bench.id_val) if val is not None else (None, None)
+        w, b, self.lp_info = fit_linear_probe(zt, yt, zv, yv, self.n_classes, self.cfg.lp_c, self.cfg.seed)
+        acc = self.lp_info["trials"][[r["C"] for r in self.lp_info["trials"]].index(self.lp_info["chosen_C"])]
+        info(f"linear probe: C = {self.lp_info['chosen_C']:g}"
+             + (f", ID val accuracy {acc['val_accuracy']:.3f}" if "val_accuracy" in acc else ""))
+        return w, b
+
+    def make_recipe(self, train: ImageSet, val: ImageSet | None) -> Recipe:
+        """The registered gradient recipe of the config, built on this trainer's model."""
+        spec = get_recipe(self.cfg.recipe)
+        if spec.runs_itself:
+            raise OodbenchError(f"recipe {spec.name!r} has no training loop")
+        return spec.fn(self, train, val)
+
+    @torch.no_grad()
+    def evaluate(self, recipe: Recipe, val: ImageSet | None) -> float | None:
+        if val is None:
+            return None
+        self.model.eval()
+        correct = 0
+        amp = {"device_type": self.device.split(":")[0], "dtype": self.amp or torch.float32, "enabled": self.amp is not None}
+        with torch.autocast(**amp):
+            recipe.begin_eval()
+        for x, y in val.all(256):
+            with torch.autocast(**amp):
+                logits = recipe.logits(x.to(self.device))
+            correct += int((logits.argmax(1).cpu() == y).sum())
+        recipe.end_eval()
+        self.model.train()
+        return correct / len(val)
+
+    # -- checkpoints
+    def meta(self, step: int, val_acc: float | None, fingerprint: str, extra: dict | None = None) -> dict[str, Any]:
+        return _jsonable({
+            "format_version": CKPT_FORMAT_VERSION, "recipe": self.cfg.recipe, "name": self.cfg.run_name,
+            "config": self.cfg.to_dict(), "identity": self.cfg.identity(),
+            "model": self.model_name, "pretrained": self.pretrained, "init_seed": self.cfg.seed,
+            "base_fingerprint": self.base_fingerprint, "fingerprint": fingerprint,
+            "benchmark": self.bench.name, "classes": self.classes, "templates": self.templates,
+            "head_input": "embeds", "step": step, "val_accuracy": val_acc, "history": self.history,
+            "linear_probe": self.lp_info, "oodbench_version": __version__, "torch_version": torch.__version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **(extra or {}),
+        })
+
+    def export(self, sd: dict[str, torch.Tensor], head: tuple, head_init: tuple, step: int,
+               val_acc: float | None, extra: dict | None = None) -> tuple[Path, str]:
+        """Write the checkpoint: wiseft layout (state dict + classification_head) if there is a head,
+        else a plain open_clip state dict; both with the ``oodbench`` metadata entry."""
+        w, b = head
+        fp = _state_fingerprint(sd, w, b)
+        state = dict(sd)
+        if w is not None:
+            state["classification_head.weight"] = w
+            state["classification_head.bias"] = b if b is not None else torch.zeros(w.shape[0])
+        obj: dict[str, Any] = {"state_dict": state, "oodbench": self.meta(step, val_acc, fp, extra),
+                               "quick_gelu": has_quick_gelu(self.model)}
+        if head_init[0] is not None:
+            obj["head_init"] = {"weight": head_init[0].float().cpu(), "bias": head_init[1].float().cpu()}
+        _save_atomic(obj, self.ckpt_path)
+        return self.ckpt_path, fp
+
+
+def _param_groups(named: list[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict]:
+    """open_clip's rule: no weight decay on gains, biases, norms, embeddings' scale and logit_scale."""
+    def exclude(n: str, p: nn.Parameter) -> bool:
+        return p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n
+
+    decay = [p for n, p in named if p.requires_grad and not exclude(n, p)]
+    rest = [p for n, p in named if p.requires_grad and exclude(n, p)]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+def _schedule(opt: torch.optim.Optimizer, steps: int, warmup: float) -> torch.optim.lr_scheduler.LambdaLR:
+    n_warm = int(round(warmup * steps))
+
+    def factor(step: int) -> float:
+        if step < n_warm:
+            return (step + 1) / n_warm
+        progress_ = (step - n_warm) / max(1, steps - n_warm)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress_)))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def finetune(cfg: FinetuneConfig, out_dir: str | Path = "finetune_runs", *, resume: bool = True,
+             overwrite: bool = False, store: str | Path | None = None, catalogue: Catalogue | None = None,
+             stop_after: int | None = None) -> FinetuneResult:
+    """Run ``cfg`` and write ``<out_dir>/<name>.pt`` (plus ``<name>.lora.pt`` for LoRA).
+
+    ``resume``: continue from ``<name>.state.pt`` if it was written by the same config (a
+    finished run is returned as is, without training). ``overwrite``: start over even if files
+    of another config exist (else that is refused). ``store``: a feature store whose base-model
+    features the linear probe may reuse. ``stop_after``: stop (saving the resume state) after
+    this many steps of this call, e.g. to split a run across jobs.
+    """
+    t0 = time.time()
+    torch.manual_seed(cfg.seed)
+    t = Trainer(cfg, Path(out_dir), catalogue, store)
+    train, val = t.data()
+    spec = get_recipe(cfg.recipe)
+    if spec.runs_itself:
+        return spec.fn(t, train, val, t0, resume, overwrite)
+    state = _existing_state(t, resume, overwrite)
+    reference = None
+    if cfg.reg in ("feature", "ldifs"):  # the frozen zero-shot model, copied before any change
+        reference = copy.deepcopy(t.model).eval().requires_grad_(False)
+    t.init_params = {}
+    if cfg.reg == "l2sp":  # L2-SP measures the drift from the base weights
+        t.init_params = {n: p.detach().clone() for n, p in t.model.named_parameters()}
+    recipe = t.make_recipe(train, val)
+    reg = Regulariser(cfg.reg, cfg.regulariser_weight, t.model, reference, recipe.drift) if cfg.reg != "none" else None
+    named = recipe.named_parameters()
+    opt = torch.optim.AdamW(_param_groups(named, cfg.weight_decay), lr=cfg.learning_rate)
+    sched = _schedule(opt, cfg.steps, cfg.warmup)
+    scaler = torch.amp.GradScaler("cuda", enabled=t.amp == torch.float16)
+    sampler = BatchSampler(len(train), cfg.batch_size, cfg.seed)
+    t.sampler = sampler
+    step, resumed_from = 0, 0
+    if state is not None:
+        t.model.load_state_dict(state["model"])
+        recipe.load_state_dict(state["recipe"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        sampler.load_state_dict(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        step = resumed_from = int(state["step"])
+        t.history = list(state.get("history", []))
+    if resumed_from >= cfg.steps and t.ckpt_path.exists():
+        return _result(t, recipe, cfg, step, t.history[-1]["val_accuracy"] if t.history else None,
+                       resumed_from, t0, cached=True)
+    if resumed_from:
+        info(f"{cfg.run_name}: resuming at step {resumed_from}/{cfg.steps} from {t.state_path}")
+
+    def save_state(step: int) -> None:
+        _save_atomic({"format": STATE_FORMAT, "step": step, "identity": _jsonable(cfg.identity()),
+                      "base_fingerprint": t.base_fingerprint, "model": t.model.state_dict(),
+                      "recipe": recipe.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                      "scaler": scaler.state_dict(), "sampler": sampler.state_dict(),
+                      "torch_rng": torch.get_rng_state(), "history": t.history}, t.state_path)
+
+    end = cfg.steps if stop_after is None else min(cfg.steps, step + int(stop_after))
+    val_acc = t.history[-1]["val_accuracy"] if t.history else t.evaluate(recipe, val)
+    t.model.train()
+    dev_type = t.device.split(":")[0]
+    running = None
+    with progress("step") as bar:
+        task = bar.add_task(f"{cfg.run_name} on {cfg.benchmark}", total=cfg.steps, completed=step,
+                            rate=_rate(None, val_acc))
+        while step < end:
+            x, y = train.batch(sampler.next())
+            x = random_shift(x, cfg.augment_shift, sampler.gen)
+            x, y = x.to(t.device, non_blocking=True), y.to(t.device, non_blocking=True)
+            if reg is not None:
+                reg.reset()  # the block taps keep only this step's forward
+            with torch.autocast(dev_type, dtype=t.amp or torch.float32, enabled=t.amp is not None):
+                loss, z = recipe.loss(x, y)
+                if reg is not None:
+                    loss = loss + reg(x, z)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            recipe.after_step()
+            step += 1
+            lv = float(loss.detach())
+            if not math.isfinite(lv):
+                raise OodbenchError(f"{cfg.run_name}: the loss became {lv} at step {step}: lower --lr.")
+            running = lv if running is None else 0.9 * running + 0.1 * lv
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                val_acc = t.evaluate(recipe, val)
+                t.history.append({"step": step, "loss": round(running, 6),
+                                  "val_accuracy": None if val_acc is None else round(val_acc, 6)})
+            if step % cfg.save_every == 0 or step == end:
+                save_state(step)
+            bar.update(task, advance=1, rate=_rate(running, val_acc))
+    if step < cfg.steps:
+        info(f"{cfg.run_name}: stopped at step {step}/{cfg.steps}; resume state in {t.state_path}")
+        return _result(t, recipe, cfg, step, val_acc, resumed_from, t0, export=False)
+    return _result(t, recipe, cfg, step, val_acc, resumed_from, t0)
+
+
+def _rate(loss: float | None, acc: float | None) -> str:
+    parts = []
+    if loss is not None:
+        parts.append(f"loss {loss:.3f}")
+    if acc is not None:
+        parts.append(f"ID val acc {acc:.3f}")
+    return " · ".join(parts)
+
+
+def _existing_state(t: Trainer, resume: bool, overwrite: bool) -> dict | None:
+    if overwrite:
+        for p in (t.state_path, t.ckpt_path, t.adapter_path):
+            p.unlink(missing_ok=True)
+        return None
+    if not t.state_path.exists():
+        if t.ckpt_path.exists() and not overwrite:
+            raise OodbenchError(f"{t.ckpt_path} exists but has no resume state next to it: pass --overwrite "
+                                "(or another --name / --out) to train again.")
+        return None
+    state = torch.load(t.state_path, map_location="cpu", weights_only=True)
+    same = state.get("identity") == _jsonable(t.cfg.identity()) and state.get("base_fingerprint") == t.base_fingerprint
+    if not same:
+        raise OodbenchError(f"{t.state_path} was written by another configuration or base model: pass --overwrite "
+                            "to start over, or choose another --name / --out.")
+    if not resume:
+        if state["step"] >= t.cfg.steps and t.ckpt_path.exists():
+            raise OodbenchError(f"{t.ckpt_path} is already trained with this configuration: pass --overwrite to "
+                                "train it again.")
+        return None
+    return state
+
+
+def _result(t: Trainer, recipe: Recipe, cfg: FinetuneConfig, step: int, val_acc: float | None, resumed_from: int,
+            t0: float, export: bool = True, cached: bool = False) -> FinetuneResult:
+    # as load_model() returns it: eval mode, every parameter requires grad (frozen parameters switch
+    # nn.MultiheadAttention to its fused inference path, whose numbers differ in the last bits)
+    t.model.eval().requires_grad_(True)
+    head, head_init = recipe.export_head(), recipe.head_init()
+    sd = recipe.export_state()
+    fp = _state_fingerprint(sd, *head)
+    adapter = t.adapter_path if recipe.writes_adapter else None
+    if export and not cached:
+        extra = {"train_seconds": round(time.time() - t0, 2), **recipe.export_meta()}
+        _, fp = t.export(sd, head, head_init, step, val_acc, extra)
+        if adapter is not None:
+            recipe.save_adapter(adapter)
+        info(f"{cfg.run_name}: wrote {t.ckpt_path}" + (f" and {adapter}" if adapter else "")
+             + (f" (ID val accuracy {val_acc:.3f})" if val_acc is not None else ""))
+    elif cached:
+        info(f"[dim]cached[/] {cfg.run_name}: {t.ckpt_path}")
+        t0 = time.time() - float(describe_checkpoint(t.ckpt_path).get("train_seconds") or 0.0)
+    return FinetuneResult(path=t.ckpt_path, config=cfg, model=t.model, head_weight=head[0], head_bias=head[1],
+                          preprocess=t.preprocess, tokenizer=t.tokenizer, base_fingerprint=t.base_fingerprint,
+                          fingerprint=fp, step=step, val_accuracy=val_acc, history=list(t.history),
+                          adapter_path=adapter, resumed_from=resumed_from, seconds=round(time.time() - t0, 2),
+                          cached=cached)
