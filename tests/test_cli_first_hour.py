@@ -203,3 +203,22 @@ def test_light_cli_commands_do_not_import_torch(digits_store, args):
     assert "torch" not in mods and "open_clip" not in mods
     if args == ["report"]:
         assert "mcm" in res.stdout
+
+
+def test_run_documents_its_model_options_and_takes_workers(monkeypatch):
+    res = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0
+    text = " ".join(res.output.split())
+    for opt in ("--model", "--pretrained", "--ckpt", "--workers"):
+        assert opt in text
+    assert "open_clip model name" in text and "weights file" in text and "Fine-tuned checkpoint" in text
+    seen = {}
+
+    def fake_run(benchmark, **kw):
+        seen.update(kw)
+        return []
+
+    monkeypatch.setattr(api, "run", fake_run)
+    res = runner.invoke(app, ["run", "--workers", "3"])
+    assert seen["options"].workers == 3
+    assert res.exit_code == 1 and "No scores to report" in res.output  # the fake ran nothing
