@@ -188,9 +188,10 @@ def test_light_package_face():
     assert "torch" not in mods and "open_clip" not in mods
 
 
-@pytest.mark.parametrize("args", [["--help"], ["report"], ["report", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["report"], ["list", "benchmarks"], ["verify"]])
 def test_light_cli_commands_do_not_import_torch(digits_store, args):
-    """`--help` and `report` (of the digits store's last run: score files only) stay light."""
+    """`--help`, `report` (of the digits store's last run: score files only), `list benchmarks` and
+    `verify` stay light."""
     code = ("import runpy, sys\n"
             f"sys.argv = ['oodbench', *{args!r}]\n"
             "try:\n    runpy.run_module('oodbench', run_name='__main__')\nexcept SystemExit as e:\n"
