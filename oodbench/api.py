@@ -9,26 +9,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import DEFAULT_BENCHMARK, Catalogue, load_catalogue
 from .console import info
-from .engine import parse_overrides, score_benchmark
 from .errors import OodbenchError
-from .extract import (
-    ExtractOptions,
-    extract_dataset,
-    write_context_bank,
-    write_model_info,
-    write_negative_banks,
-    write_text_bank,
-)
-from .models import check_device, load_model
 from .paths import default_store
 from .results import ScoreRecord, load_records
-from .scorers import scorer_names
 from .store import Store
-from .text import resolve_templates
+
+if TYPE_CHECKING:
+    from .extract import ExtractOptions
+
+# The model and scoring code (torch, open_clip, the scorers) is imported inside the functions
+# that use it, so that `oodbench report` and `import oodbench` stay light.
 
 SPINE_METHODS = ("msp", "maxlogit", "energy", "mcm", "knn", "mahalanobis", "vim")
 
@@ -57,6 +51,17 @@ def extract(model: str | None = None, pretrained: str | None = None, *, benchmar
     A CoOp/LoCoOp prompt learner's context becomes the ``classes`` bank (the handcrafted
     prompts stay available as ``classes_prompts``).
     """
+    from .extract import (
+        ExtractOptions,
+        extract_dataset,
+        write_context_bank,
+        write_model_info,
+        write_negative_banks,
+        write_text_bank,
+    )
+    from .models import check_device, load_model
+    from .text import resolve_templates
+
     cat = _catalogue(benchmarks)
     bench = cat.benchmark(benchmark)
     model = model or bench.model.get("name")
@@ -109,6 +114,7 @@ def extract(model: str | None = None, pretrained: str | None = None, *, benchmar
 
 
 def resolve_model_key(store: Store, model_key: str | None) -> str:
+    """The store key that ``model_key`` names (exact, prefix or substring); the only model if None."""
     keys = store.model_keys()
     if model_key:
         if model_key in keys:
@@ -127,6 +133,33 @@ def resolve_model_key(store: Store, model_key: str | None) -> str:
     raise OodbenchError(f"Store {store.root} holds several models ({', '.join(keys)}): choose one with --model-key.")
 
 
+def models_to_score(store: Store, bench, exclude: str | None = None) -> list[str]:
+    """The store's models that hold every feature file ``bench`` scores (ID splits and OoD sets),
+    without ``exclude`` (the reference model); says in one line which it scores and skips.
+
+    A store with one model (besides ``exclude``) gives that model, whatever it holds.
+    """
+    keys = [k for k in store.model_keys() if k != exclude]
+    if not keys:
+        raise OodbenchError(f"Store {store.root} holds no extracted model"
+                            f"{' besides the reference' if exclude else ''}: run `oodbench extract` first.")
+    if len(keys) == 1:
+        return keys
+    needed = [d for d in (bench.id_train, bench.id_val, bench.id_test, *bench.ood) if d]
+    missing = {k: [d for d in needed if not store.features_path(k, d).exists()] for k in keys}
+    ready = [k for k in keys if not missing[k]]
+    if not ready:
+        raise OodbenchError(
+            f"No model of store {store.root} has every feature file of benchmark {bench.name!r} "
+            f"(e.g. {keys[0]} lacks {missing[keys[0]][0]}): extract them, or choose a model with --model-key."
+        )
+    lacking = [k for k in keys if missing[k]]
+    info(f"scoring {len(ready)} model(s) of {store.root} on {bench.name}: {', '.join(ready)}"
+         + (f"; not {', '.join(lacking)} (missing features)" if lacking else "")
+         + " (--model-key picks one)")
+    return ready
+
+
 def score(methods: list[str] | str = SPINE_METHODS, *, benchmark: str = DEFAULT_BENCHMARK,
           model_key: str | None = None, store: str | Path | None = None, params: list[str] | None = None,
           head: str = "zeroshot", head_templates: str = "ensemble",
@@ -134,34 +167,47 @@ def score(methods: list[str] | str = SPINE_METHODS, *, benchmark: str = DEFAULT_
           reference: str | None = None) -> list[ScoreRecord]:
     """Score the ID test split and every OoD split of ``benchmark`` with each method.
 
+    ``model_key``: the model of the store to score (prefix ok). Default: every model of the
+    store that holds the benchmark's features (except ``reference``), each into its own scores
+    file; the store's ``last_run.json`` then names them all, so ``report`` compares them.
     ``tune``: pick free hyperparameters on ID val vs the benchmark's ood_val sets first.
     ``reference``: model key (prefix ok) of a second model of the same store, normally the
     zero-shot base, for scorers that read two models (anchored_mcm, ft_conf_zs, disagreement).
-    ``methods="all"``: every registered scorer whose needs the store can meet.
+    ``methods="all"``: every registered scorer whose needs the store can meet; a scorer that
+    then cannot fit or score this data is skipped with its reason (a named one fails the run).
     """
     cat = _catalogue(benchmarks)
     bench = cat.benchmark(benchmark)
     st = Store(store or default_store())
-    key = resolve_model_key(st, model_key)
-    if isinstance(methods, str) and methods == "all":
-        methods = available_methods(st, key, bench, reference is not None)
+    ref_key = resolve_model_key(st, reference) if reference else None
+    keys = [resolve_model_key(st, model_key)] if model_key else models_to_score(st, bench, exclude=ref_key)
+    records: list[ScoreRecord] = []
+    for key in keys:
+        records += _score_model(st, key, bench, methods, params, head, head_templates, tune, ref_key)
+    st.write_last_run({"scores": [str(st.scores_path(k, bench.name)) for k in keys]})
+    return records
+
+
+def _score_model(st: Store, key: str, bench, methods: list[str] | str, params: list[str] | None, head: str,
+                 head_templates: str, tune: bool, ref_key: str | None) -> list[ScoreRecord]:
+    from .engine import parse_overrides, score_benchmark
+
+    every = isinstance(methods, str) and methods == "all"
+    if every:
+        methods = available_methods(st, key, bench, ref_key is not None)
     elif isinstance(methods, str):
         methods = [m.strip() for m in methods.split(",") if m.strip()]
     methods = list(dict.fromkeys(m.lower() for m in methods))
     bench_params = [p for p in bench.params if p.split(".", 1)[0] in methods]
     overrides = parse_overrides(bench_params + list(params or []), methods)
-    ref_key = resolve_model_key(st, reference) if reference else None
-    records = score_benchmark(st, key, bench, methods, overrides, head, head_templates, tune,
-                              reference_key=ref_key)
-    st.write_last_run({"scores": [str(st.scores_path(key, bench.name))]})
-    return records
+    return score_benchmark(st, key, bench, methods, overrides, head, head_templates, tune,
+                           reference_key=ref_key, skip_failures=every)
 
 
 def available_methods(st: Store, key: str, bench, with_reference: bool = False) -> list[str]:
     """Registered scorers whose inputs this store holds (``-m all``); says what it skips."""
-    from .console import info
     from .engine import load_model_view
-    from .scorers import get_scorer
+    from .scorers import get_scorer, scorer_names
     from .store import FeatureFile
 
     view = load_model_view(st, key, bench)

@@ -137,7 +137,7 @@ def extract(
 def score(
     method: Methods = None,
     benchmark: Bench = "digits",
-    model_key: Annotated[str | None, typer.Option("--model-key", help="Which model of the store (prefix ok).")] = None,
+    model_key: Annotated[str | None, typer.Option("--model-key", help="Which model of the store (prefix ok); default: every model with the benchmark's features.")] = None,
     param: Params = None,
     head: Annotated[str, typer.Option("--head", help="zeroshot or linear (a checkpoint's head).")] = "zeroshot",
     head_templates: Annotated[str, typer.Option("--head-templates", help="Zero-shot head: ensemble, first or an index.")] = "ensemble",
@@ -211,9 +211,9 @@ def report(
 @friendly
 def run(
     benchmark: Bench = "digits",
-    model: Annotated[str | None, typer.Option("--model")] = None,
-    pretrained: Annotated[str | None, typer.Option("--pretrained")] = None,
-    ckpt: Annotated[Path | None, typer.Option("--ckpt")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="open_clip model name (default: the benchmark's).")] = None,
+    pretrained: Annotated[str | None, typer.Option("--pretrained", help="open_clip pretrained tag or weights file (default: the benchmark's).")] = None,
+    ckpt: Annotated[Path | None, typer.Option("--ckpt", help="Fine-tuned checkpoint file or folder (see extract --help).")] = None,
     method: Methods = None,
     param: Params = None,
     head: Annotated[str, typer.Option("--head")] = "zeroshot",
@@ -222,6 +222,7 @@ def run(
     data_root: DataRoot = None,
     download: Annotated[bool, typer.Option("--download")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes.")] = 0,
     device: Annotated[str, typer.Option("--device")] = "auto",
     plugin: Plugins = None,
 ) -> None:
@@ -232,7 +233,7 @@ def run(
     records = api.run(benchmark, model=model, pretrained=pretrained, ckpt=ckpt,
                       methods=_methods(method, api.SPINE_METHODS), store=store, benchmarks=benchmarks,
                       data_root=data_root, download=download, params=param, head=head,
-                      options=_options(batch_size, 0, device, "auto", "float32", None, False, False))
+                      options=_options(batch_size, workers, device, "auto", "float32", None, False, False))
     out.print(api.report(records))
 
 

@@ -27,8 +27,22 @@ def info(message: str) -> None:
     console.print(message, highlight=False)
 
 
-def progress(unit: str = "img") -> Progress:
-    """A progress bar that shows done/total, rate in `unit`/s, elapsed and remaining time."""
+def rate_text(done: float, seconds: float, unit: str = "img") -> str:
+    """Throughput for a progress bar: ``"1,234 img/s"``, ``"3.4 img/s"``, or, when one item takes
+    a second or more, the time per item (``"2.5 s/img"``) instead of a rounded ``"0 img/s"``."""
+    if done <= 0:
+        return ""
+    rate = done / max(seconds, 1e-9)
+    if rate >= 10:
+        return f"{rate:,.0f} {unit}/s"
+    if rate >= 1:
+        return f"{rate:.1f} {unit}/s"
+    return f"{seconds / done:,.1f} s/{unit}"
+
+
+def progress(unit: str = "img", disable: bool = False) -> Progress:
+    """A progress bar that shows done/total, the task's ``rate`` field (see :func:`rate_text`),
+    elapsed and remaining time; ``disable`` hides it (e.g. for work of one step)."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -38,4 +52,5 @@ def progress(unit: str = "img") -> Progress:
         TimeRemainingColumn(),
         console=console,
         transient=False,
+        disable=disable,
     )

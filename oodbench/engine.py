@@ -209,10 +209,174 @@ def tune_scorer(scorer, fixed: dict[str, Any], fit_inputs, id_val: Inputs, ood_v
                   "trials": trials}
 
 
+@dataclass
+class ScoringRun:
+    """What every step of one :func:`score_benchmark` call shares: the model, its head and the
+    lazy Inputs of each set. ``splits``: ID split name (train/val/test) -> dataset; ``inputs``:
+    ID dataset -> Inputs; ``ood`` / ``ood_val``: OoD (validation) dataset -> Inputs."""
+
+    store: Store
+    benchmark: Benchmark
+    view: ModelView
+    head: Head
+    splits: dict[str, str]
+    inputs: dict[str, Inputs]
+    ood: dict[str, Inputs]
+    ood_val: dict[str, Inputs] = field(default_factory=dict)
+    ref_view: ModelView | None = None
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    head_templates: str = "ensemble"
+    tune: bool = False
+
+    @property
+    def key(self) -> str:
+        return self.view.key
+
+    @property
+    def test(self) -> Inputs:
+        return self.inputs[self.benchmark.id_test]
+
+    @property
+    def scores_path(self):
+        return self.store.scores_path(self.key, self.benchmark.name)
+
+
+@dataclass
+class Scored:
+    """One scorer's outcome before it becomes a record: scores per set and what the fit did."""
+
+    scorer: Any
+    id_scores: np.ndarray
+    ood_scores: dict[str, np.ndarray]
+    tuning: dict[str, Any]
+    fit_info: dict[str, Any]
+    seconds: float
+    score_seconds: float
+
+
+def check_reference(store: Store, key: str, scorers: list, reference_key: str | None) -> str | None:
+    """The reference model to attach, or None; refuses two-model scorers without one."""
+    needs_ref = [s.name for s in scorers if "reference" in s.needs]
+    if needs_ref and not reference_key:
+        have = ", ".join(k for k in store.model_keys() if k != key) or "none"
+        raise OodbenchError(
+            f"{', '.join(needs_ref)} compare(s) two checkpoints: pass the model key of the reference "
+            f"(zero-shot base) model with --reference KEY (other models in the store: {have})."
+        )
+    if reference_key and not needs_ref:
+        warn(f"--reference {reference_key} is ignored: none of {', '.join(s.name for s in scorers)} "
+             "reads a reference model.")
+        return None
+    return reference_key
+
+
+def build_inputs(store: Store, key: str, benchmark: Benchmark, head: str = "zeroshot",
+                 head_templates: str = "ensemble", tune: bool = False, reference_key: str | None = None,
+                 overrides: dict[str, dict[str, Any]] | None = None) -> ScoringRun:
+    """Step 1: the model view, its head and a lazy Inputs of every set the run reads."""
+    view = load_model_view(store, key, benchmark)
+    h = make_head(view, head, head_templates)
+    splits = {s: d for s, d in {"train": benchmark.id_train, "val": benchmark.id_val,
+                                "test": benchmark.id_test}.items() if d}
+    inputs = {d: load_inputs(store, view, d, h, s) for s, d in splits.items()}
+    ood = {d: load_inputs(store, view, d, h, "ood") for d in benchmark.ood}
+    run = ScoringRun(store, benchmark, view, h, splits, inputs, ood, overrides=overrides or {},
+                     head_templates=head_templates, tune=tune)
+    if tune:
+        if not benchmark.id_val or not benchmark.ood_val:
+            raise OodbenchError(
+                f"--tune needs an ID val split and ood_val sets; benchmark {benchmark.name!r} lacks "
+                f"{'id.val' if not benchmark.id_val else 'ood_val'}."
+            )
+        run.ood_val = {d: load_inputs(store, view, d, h, "ood_val") for d in benchmark.ood_val}
+    if reference_key:
+        run.ref_view = load_model_view(store, reference_key, benchmark)
+        attach_reference(store, run.ref_view, {**run.inputs, **run.ood, **run.ood_val}, head_templates)
+    return run
+
+
+def fit_split_inputs(run: ScoringRun, scorer) -> Inputs | None:
+    """The Inputs ``scorer`` fits on (its declared ID split), or None for fit-free scorers."""
+    if not scorer.fit_split:
+        return None
+    d = run.splits.get(scorer.fit_split)
+    if not d:
+        raise OodbenchError(
+            f"{scorer.name} fits on the ID {scorer.fit_split} split, which benchmark "
+            f"{run.benchmark.name!r} does not define: add id.{scorer.fit_split} to it."
+        )
+    return run.inputs[d]
+
+
+def tune_or_fit(run: ScoringRun, scorer) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """Step 2: (scorer, tuning record, fit provenance); tuned on validation sets with ``run.tune``,
+    else fitted (through the fit cache) on its ID split."""
+    fit_inputs = fit_split_inputs(run, scorer)
+    if run.tune and scorer.search_space:
+        scorer, tuning = tune_scorer(scorer, run.overrides.get(scorer.name, {}), fit_inputs,
+                                     run.inputs[run.benchmark.id_val], run.ood_val)
+        return scorer, tuning, {}
+    if fit_inputs is None:
+        return scorer, {}, {}
+    model_id = {"fingerprint": run.view.fingerprint,
+                "file": fitcache.file_identity(run.store.model_path(run.key), run.view.attrs)}
+    return scorer, {}, fitcache.fit(scorer, fit_inputs, run.scores_path, model_id)
+
+
+def score_set(scorer, x: Inputs, dataset: str) -> np.ndarray:
+    """Step 3+4: float64 scores of one set, checked finite."""
+    s = np.asarray(scorer.score(x), np.float64)
+    check_finite(s, x.ids, f"{scorer.name} on {dataset}")
+    return s
+
+
+def run_scorer(run: ScoringRun, scorer) -> Scored:
+    """Tune/fit one scorer, then score the ID test split and every OoD set."""
+    t0 = time.time()
+    scorer, tuning, fit_info = tune_or_fit(run, scorer)
+    t_score = time.time()
+    id_scores = score_set(scorer, run.test, run.benchmark.id_test)
+    ood_scores = {d: score_set(scorer, x, d) for d, x in run.ood.items()}
+    now = time.time()
+    return Scored(scorer, id_scores, ood_scores, tuning, fit_info, round(now - t0, 3), round(now - t_score, 3))
+
+
+def record_provenance(run: ScoringRun, res: Scored) -> dict[str, Any]:
+    """Step 5: where a record's numbers came from (store, overrides, fit, timing, files, models)."""
+    scorer, attrs = res.scorer, run.view.attrs
+    prov: dict[str, Any] = {
+        "store": str(run.store.root),
+        "overrides": {**run.overrides.get(scorer.name, {}), **res.tuning.get("chosen", {})},
+        "oodbench_version": __version__, "seconds": res.seconds, "score_seconds": res.score_seconds,
+        **res.fit_info, "head_templates": run.head_templates, "reference": scorer.reference,
+        "tuning": res.tuning,
+    }
+    info_attrs = attrs.get("info")
+    if isinstance(info_attrs, dict) and info_attrs.get("wise_alpha") is not None:
+        prov["wise_alpha"] = info_attrs["wise_alpha"]
+    if run.ref_view is not None and "reference" in scorer.needs:
+        prov["reference_model"] = {"model_key": run.ref_view.key, "fingerprint": run.ref_view.fingerprint,
+                                   "model": run.ref_view.attrs.get("label", run.ref_view.key)}
+    prov["feature_files"] = {d: x.extra["file"] for d, x in {**run.inputs, **run.ood}.items()}
+    return prov
+
+
+def make_record(run: ScoringRun, res: Scored, accuracy: float, correct: np.ndarray) -> ScoreRecord:
+    """Step 6: the ScoreRecord of one scored method."""
+    view, bench = run.view, run.benchmark
+    return ScoreRecord(
+        model=view.attrs.get("label", run.key), model_key=run.key, fingerprint=view.fingerprint,
+        benchmark=bench.name, method=res.scorer.name, params=dict(res.scorer.hparams), head=run.head.name,
+        id_scores=res.id_scores, ood_scores=res.ood_scores, groups=dict(bench.ood), accuracy=accuracy,
+        id_correct=correct, provenance=record_provenance(run, res),
+    )
+
+
 def score_benchmark(store: Store, key: str, benchmark: Benchmark, methods: list[str],
                     overrides: dict[str, dict[str, Any]] | None = None, head: str = "zeroshot",
                     head_templates: str = "ensemble", tune: bool = False,
-                    reference_key: str | None = None) -> list[ScoreRecord]:
+                    reference_key: str | None = None, skip_failures: bool = False,
+                    skipped: dict[str, str] | None = None) -> list[ScoreRecord]:
     """Fit each method on its declared ID split, score ID test and every OoD split, save.
 
     With ``tune``, each method's free hyperparameters are chosen on the ID val split vs the
@@ -222,92 +386,41 @@ def score_benchmark(store: Store, key: str, benchmark: Benchmark, methods: list[
     fine-tuned ``key``). Scorers whose ``needs`` contain ``"reference"`` then find, in
     ``inputs.extra["reference"]``, an :class:`Inputs` of the same dataset from that model
     (zero-shot head); both feature files must hold the same sample list.
+
+    ``skip_failures`` (``-m all``): a scorer that cannot fit or score this data (an
+    :class:`OodbenchError` from its fit, tuning or scores) is skipped with its reason, said in
+    one line and recorded in ``skipped`` (method -> reason) and in the scores file's
+    ``skipped`` attribute; the others are scored and saved. Without it the error ends the run.
     """
     overrides = overrides or {}
     scorers = [make_scorer(m, **overrides.get(m, {})) for m in methods]  # validate before any work
-    needs_ref = [s.name for s in scorers if "reference" in s.needs]
-    if needs_ref and not reference_key:
-        have = ", ".join(k for k in store.model_keys() if k != key) or "none"
-        raise OodbenchError(
-            f"{', '.join(needs_ref)} compare(s) two checkpoints: pass the model key of the reference "
-            f"(zero-shot base) model with --reference KEY (other models in the store: {have})."
-        )
-    if reference_key and not needs_ref:
-        warn(f"--reference {reference_key} is ignored: none of {', '.join(methods)} reads a reference model.")
-        reference_key = None
-    view = load_model_view(store, key, benchmark)
-    h = make_head(view, head, head_templates)
-    splits = {"train": benchmark.id_train, "val": benchmark.id_val, "test": benchmark.id_test}
-    inputs = {d: load_inputs(store, view, d, h, s) for s, d in splits.items() if d}
-    ood = {d: load_inputs(store, view, d, h, "ood") for d in benchmark.ood}
-    test = inputs[benchmark.id_test]
-    ood_val = {}
-    if tune:
-        if not benchmark.id_val or not benchmark.ood_val:
-            raise OodbenchError(
-                f"--tune needs an ID val split and ood_val sets; benchmark {benchmark.name!r} lacks "
-                f"{'id.val' if not benchmark.id_val else 'ood_val'}."
-            )
-        ood_val = {d: load_inputs(store, view, d, h, "ood_val") for d in benchmark.ood_val}
-    ref_view = None
-    if reference_key:
-        ref_view = load_model_view(store, reference_key, benchmark)
-        attach_reference(store, ref_view, {**inputs, **ood, **ood_val}, head_templates)
-    acc = accuracy(test.logits, test.labels) if len(benchmark.classes) == h.num_classes else float("nan")
+    reference_key = check_reference(store, key, scorers, reference_key)
+    run = build_inputs(store, key, benchmark, head, head_templates, tune, reference_key, overrides)
+    test = run.test
+    acc = accuracy(test.logits, test.labels) if len(benchmark.classes) == run.head.num_classes else float("nan")
     correct = test.logits.argmax(1) == test.labels
-    model_id = {"fingerprint": view.fingerprint, "file": fitcache.file_identity(store.model_path(key), view.attrs)}
-    records = []
+    records, failed = [], {} if skipped is None else skipped
     with progress("method") as bar:
         task = bar.add_task("score", total=len(scorers), rate="")
         for i in range(len(scorers)):
             scorer, scorers[i] = scorers[i], None  # a scorer's fitted state is freed once it has scored
-            t0 = time.time()
             bar.update(task, rate=scorer.name)
-            fit_inputs = None
-            if scorer.fit_split:
-                d = splits.get(scorer.fit_split)
-                if not d:
-                    raise OodbenchError(
-                        f"{scorer.name} fits on the ID {scorer.fit_split} split, which benchmark "
-                        f"{benchmark.name!r} does not define: add id.{scorer.fit_split} to it."
-                    )
-                fit_inputs = inputs[d]
-            tuning: dict[str, Any] = {}
-            fit_info: dict[str, Any] = {}
-            if tune and scorer.search_space:
-                scorer, tuning = tune_scorer(scorer, overrides.get(scorer.name, {}), fit_inputs,
-                                             inputs[benchmark.id_val], ood_val)
-            elif fit_inputs is not None:
-                fit_info = fitcache.fit(scorer, fit_inputs, store.scores_path(key, benchmark.name), model_id)
-            t_score = time.time()
-            id_scores = np.asarray(scorer.score(test), np.float64)
-            check_finite(id_scores, test.ids, f"{scorer.name} on {benchmark.id_test}")
-            ood_scores = {}
-            for d, x in ood.items():
-                ood_scores[d] = np.asarray(scorer.score(x), np.float64)
-                check_finite(ood_scores[d], x.ids, f"{scorer.name} on {d}")
-            records.append(ScoreRecord(
-                model=view.attrs.get("label", key), model_key=key, fingerprint=view.fingerprint,
-                benchmark=benchmark.name, method=scorer.name, params=dict(scorer.hparams), head=h.name,
-                id_scores=id_scores, ood_scores=ood_scores, groups=dict(benchmark.ood), accuracy=acc,
-                id_correct=correct,
-                provenance={"store": str(store.root),
-                            "overrides": {**overrides.get(scorer.name, {}), **tuning.get("chosen", {})},
-                            "oodbench_version": __version__, "seconds": round(time.time() - t0, 3),
-                            "score_seconds": round(time.time() - t_score, 3), **fit_info,
-                            "head_templates": head_templates, "reference": scorer.reference,
-                            "tuning": tuning,
-                            **({"wise_alpha": view.attrs["info"]["wise_alpha"]}
-                               if isinstance(view.attrs.get("info"), dict)
-                               and view.attrs["info"].get("wise_alpha") is not None else {}),
-                            **({"reference_model": {"model_key": ref_view.key, "fingerprint": ref_view.fingerprint,
-                                                    "model": ref_view.attrs.get("label", ref_view.key)}}
-                               if ref_view is not None and "reference" in scorer.needs else {}),
-                            "feature_files": {d: x.extra["file"] for d, x in {**inputs, **ood}.items()}},
-            ))
+            try:
+                res = run_scorer(run, scorer)
+            except OodbenchError as exc:
+                if not skip_failures:
+                    raise
+                reason = str(exc).removeprefix(f"{scorer.name}: ")
+                failed[scorer.name] = reason
+                warn(f"-m all: skipped {scorer.name}: {reason}")
+            else:
+                records.append(make_record(run, res, acc, correct))
             bar.update(task, advance=1)
-    path = store.scores_path(key, benchmark.name)
-    save_records(path, records, {"benchmark": benchmark.name, "model_key": key, "fingerprint": view.fingerprint,
-                                 "model_label": view.attrs.get("label", key)})
-    info(f"scores written to {path}")
+    if not records:
+        raise OodbenchError(f"No method could score {key} on {benchmark.name}: "
+                            + "; ".join(f"{m}: {r}" for m, r in failed.items()))
+    path = run.scores_path
+    save_records(path, records, {"benchmark": benchmark.name, "model_key": key, "fingerprint": run.view.fingerprint,
+                                 "model_label": run.view.attrs.get("label", key), "skipped": dict(failed)})
+    info(f"scores written to {path}" + (f" ({len(failed)} method(s) skipped: {', '.join(failed)})" if failed else ""))
     return records

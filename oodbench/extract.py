@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .console import info, progress, warn
+from .console import info, progress, rate_text, warn
 from .errors import OodbenchError
 from .store import STR, FeatureFile, FeatureWriter, Store, exclusive, write_h5_atomic
 from .text import encode_text_bank
@@ -350,8 +350,7 @@ def _run(net, source, preprocess, writer: FeatureWriter, options: ExtractOptions
             skipped_total += len(skipped)
             bg.put(arrays, int(idx[-1]) + 1, skipped)  # HDF5 writes overlap the next forward pass
             done += len(idx)
-            rate = done / max(time.time() - t0, 1e-9)
-            bar.update(task, advance=len(idx), rate=f"{rate:,.0f} img/s")
+            bar.update(task, advance=len(idx), rate=rate_text(done, time.time() - t0))
     if skipped_total:
         warn(f"{dataset}: skipped {skipped_total} unreadable image(s); their ids are in 'skipped_ids' of the file.")
 
@@ -398,7 +397,7 @@ def write_text_bank(bundle, store: Store, bank: str, names: list[str], templates
         _, attrs = read_h5(path)
         if attrs.get("names") == list(names) and attrs.get("templates") == stored_templates:
             return path
-    emb = encode_text_bank(bundle.model, bundle.tokenizer, names, templates, device=device)
+    emb = encode_text_bank(bundle.model, bundle.tokenizer, names, templates, device=device, label=f"text {bank}")
     if reduce:
         emb = emb / np.linalg.norm(emb, axis=-1, keepdims=True)
         emb = emb.mean(0, keepdims=True)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .errors import OodbenchError, suggest
 
@@ -101,14 +101,26 @@ def resolve_templates(value: str | Sequence[str], base_dir: Path | None = None) 
     return out
 
 
-@torch.no_grad()
-def encode_text_bank(model: torch.nn.Module, tokenizer, names: Sequence[str], templates: Sequence[str],
-                     device: str = "cpu", batch_size: int = 1024) -> np.ndarray:
-    """(T, C, D) float32 text embeddings (unnormalised) of every template × name."""
+def encode_text_bank(model, tokenizer, names: Sequence[str], templates: Sequence[str],
+                     device: str = "cpu", batch_size: int = 1024, label: str = "text bank") -> np.ndarray:
+    """(T, C, D) float32 text embeddings (unnormalised) of every template × name.
+
+    A bank of more than one batch of prompts (e.g. 1,000 classes × 80 templates) shows a
+    progress bar in prompts, labelled ``label``.
+    """
+    import torch
+
+    from .console import progress, rate_text
+
     prompts = [t.format(n) for t in templates for n in names]
     out = []
-    for s in range(0, len(prompts), batch_size):
-        tokens = tokenizer(prompts[s : s + batch_size]).to(device)
-        with torch.autocast(device_type=device.split(":")[0], enabled=device.startswith("cuda")):
-            out.append(model.encode_text(tokens).float().cpu())
+    t0 = time.time()
+    with torch.no_grad(), progress("prompt", disable=len(prompts) <= batch_size) as bar:
+        task = bar.add_task(label, total=len(prompts), rate="")
+        for s in range(0, len(prompts), batch_size):
+            tokens = tokenizer(prompts[s : s + batch_size]).to(device)
+            with torch.autocast(device_type=device.split(":")[0], enabled=device.startswith("cuda")):
+                out.append(model.encode_text(tokens).float().cpu())
+            done = s + len(tokens)
+            bar.update(task, completed=done, rate=rate_text(done, time.time() - t0, "prompt"))
     return torch.cat(out).numpy().reshape(len(templates), len(names), -1)
