@@ -122,3 +122,52 @@ def test_fixed_selection_bank_is_not_mined():
                         mine="yes").score(data)
     assert not np.allclose(mined, got)
     assert make_scorer("neglabel", bank="nouns").mines() and not make_scorer("neglabel", mine="no").mines()
+
+
+def _ref_eoe(x, id_names, gpt_names, pos_raw, gpt_raw, near, threshold, t, beta):
+    """EOE's ``get_ood_scores_clip`` for score EOE (remove_overlap_class, pre_filter), higher = ID."""
+    if near:
+        words = {w for phrase in id_names for w in phrase.split()}
+        keep = [i for i, p in enumerate(gpt_names) if not any(w in words for w in p.split())]
+        gpt_raw = gpt_raw[keep]
+    cos = torch.nn.functional.cosine_similarity(gpt_raw[:, None, :], pos_raw[None], dim=2)
+    total = torch.cat([pos_raw, gpt_raw[~(cos > threshold).any(dim=1)]])
+    total = total / total.norm(dim=-1, keepdim=True)
+    smax = torch.softmax(x @ total.T / t, dim=1).numpy()
+    c = len(id_names)
+    return np.max(smax[:, :c], axis=1) - beta * np.max(smax[:, c:], axis=1)
+
+
+def test_eoe_filters_equal_the_reference():
+    rng = np.random.default_rng(7)
+    d = 16
+    id_names = ["red fox", "tabby cat", "oak"]
+    gpt_names = ["arctic fox", "wolf", "persian cat", "maple", "pine", "oak tree", "eagle"]
+    pos = rng.normal(size=(3, d))
+    gpt = rng.normal(size=(7, d))
+    gpt[1] = pos[0] + 0.01 * rng.normal(size=d)  # "wolf": nearly the "red fox" embedding
+    x = l2_normalize(rng.normal(size=(40, d))).astype(np.float32)
+    text = {"classes": TextBank(id_names, ["{}"], pos[None].astype(np.float32)),
+            "outliers": TextBank(gpt_names, ["{}"], gpt[None].astype(np.float32))}
+    data = Inputs.from_arrays("test", text=text, labels=np.zeros(40, int), image_embeds=x)
+    xs = torch.from_numpy(np.asarray(features(data, "embeds"), np.float64))
+    pos_t = torch.from_numpy(text["classes"].name_embeds(0).astype(np.float64))
+    gpt_t = torch.from_numpy(text["outliers"].name_embeds(0).astype(np.float64))
+    # the reference renormalises (in float64) the float32 unit vectors the scorer uses: each
+    # cosine moves by <= gamma_{d+2} ~ (d + 2) 2^-24, a softmax at T = 1 by <= 2 x that
+    # relative per probability, the difference of two by twice again
+    tol = 4 * (d + 2) * 2.0**-24
+    for near, thr in ((False, 1.0), (True, 1.0), (True, 0.9), (False, 0.9)):
+        got = make_scorer("eoe", near_task=near, pre_filter=thr).score(data)
+        np.testing.assert_allclose(got, _ref_eoe(xs, id_names, gpt_names, pos_t, gpt_t, near, thr, 1.0, 0.25),
+                                   rtol=tol, atol=tol)
+    assert not np.allclose(make_scorer("eoe", near_task=True).score(data), make_scorer("eoe").score(data))
+    assert not np.allclose(make_scorer("eoe", pre_filter=0.9).score(data), make_scorer("eoe").score(data))
+
+
+def test_imagenet_mcm_benchmark_uses_the_papers_prompt_and_lambda():
+    from oodbench.config import load_catalogue
+
+    bench = load_catalogue().benchmarks["imagenet-mcm"]
+    assert bench.templates == ["a photo of a {}"]  # MCM / GL-MCM / EOE code: no full stop
+    assert "glmcm.lam=0.5" in bench.params  # GL-MCM's scripts/eval_imagenet.sh

@@ -363,12 +363,34 @@ class CSP(NegLabel):
     }
 
 
+def eoe_keep(id_names, outlier_names, pos: np.ndarray, out: np.ndarray, near_task: bool,
+             pre_filter: float) -> np.ndarray:
+    """Indices of the envisioned outlier labels EOE keeps (its ``detection_util.py``).
+
+    ``near_task``: drop every outlier label that shares a whitespace-separated word with any ID
+    label (``remove_overlap_class``; EOE does it for near-OoD tasks, whose labels are envisioned
+    per ID class). ``pre_filter``: drop labels whose cosine to any ID label exceeds it (EOE:
+    0.85 for near-OoD on ImageNet-20, else 1.0, which drops nothing). ``pos``, ``out``: unit
+    embeddings (C, D), (M, D).
+    """
+    keep = np.arange(len(outlier_names))
+    if near_task:
+        words = {w for name in id_names for w in name.split()}
+        keep = np.array([i for i in keep if not any(w in words for w in outlier_names[i].split())], dtype=int)
+    if keep.size:
+        sims = out[keep].astype(np.float64) @ pos.T.astype(np.float64)
+        keep = keep[~(sims > pre_filter).any(axis=1)]
+    return keep
+
+
 @register_scorer
 class EOE(Scorer):
     """Envisioning outlier exposure: max_ID p - beta * max_outlier p.
 
     p = softmax over the ID labels and the envisioned outlier labels (text bank
-    ``outlier_bank``) of cos(x, .) / T. Higher = more ID.
+    ``outlier_bank``) of cos(x, .) / T. The outlier labels are first filtered as EOE's code does
+    (:func:`eoe_keep`: ``near_task`` word-overlap removal, ``pre_filter`` cosine threshold).
+    Higher = more ID.
     """
 
     name = "eoe"
@@ -379,13 +401,27 @@ class EOE(Scorer):
         "temperature": Param(1.0, float, low=1e-6, doc="softmax temperature on cosine similarity"),
         "outlier_bank": Param("outliers", str, doc="text bank of envisioned outlier labels"),
         "templates": _templates_param(),
+        "near_task": Param(
+            False, bool, doc="drop outlier labels sharing a word with an ID label (EOE, near-OoD tasks)"
+        ),
+        "pre_filter": Param(
+            1.0, float, low=-1.0, high=1.0,
+            doc="drop outlier labels whose cosine to an ID label exceeds this (EOE: 0.85 near-OoD ImageNet-20)",
+        ),
     }
     search_space = {"beta": (0.0, 0.1, 0.25, 0.5, 1.0)}
 
     def score(self, data) -> np.ndarray:
-        pos = name_embeds(data.text_bank("classes"), self.templates).astype(np.float64)
-        out = name_embeds(data.text_bank(self.outlier_bank), self.templates).astype(np.float64)
-        both = np.concatenate([pos, out])
+        id_bank, out_bank = data.text_bank("classes"), data.text_bank(self.outlier_bank)
+        pos = name_embeds(id_bank, self.templates).astype(np.float64)
+        out = name_embeds(out_bank, self.templates).astype(np.float64)
+        keep = eoe_keep(id_bank.names, out_bank.names, pos, out, self.near_task, self.pre_filter)
+        if keep.size == 0:
+            raise OodbenchError(
+                f"eoe: the filters removed every outlier label of bank {self.outlier_bank!r}: "
+                "lower near_task/pre_filter or give other labels."
+            )
+        both = np.concatenate([pos, out[keep]])
         x = features(data, "embeds")
         c = pos.shape[0]
 
