@@ -299,3 +299,25 @@ def test_two_model_errors(two_models, bench, tmp_path):
         score_benchmark(st, ft, bench, ["disagreement"], reference_key="other-samples")
     shutil.rmtree(st.root / "no-noise")
     shutil.rmtree(st.root / "other-samples")
+
+
+@pytest.mark.parametrize("name", ["ft_conf_zs", "disagreement"])
+def test_two_model_scores_check_class_names_and_order(name):
+    """Same number of classes is not enough: the names and their order must match."""
+    rng = np.random.default_rng(9)
+    emb = rng.normal(size=(2, C, D)).astype(np.float32)
+    d, *_ = make_split(0, text={"classes": TextBank([f"c{i}" for i in range(C)], ["a {}.", "the {}."], emb)})
+    swapped = [f"c{i}" for i in range(C)]
+    swapped[0], swapped[1] = swapped[1], swapped[0]
+    ref, *_ = make_split(5, text={"classes": TextBank(swapped, ["a {}.", "the {}."], emb)})
+    d.extra["reference"] = ref
+    with pytest.raises(OodbenchError, match="class 0 is 'c0' for this model but 'c1' for the reference "
+                                            r"\(same names, other order\)"):
+        make_scorer(name).score(d)
+    other = [f"c{i}" for i in range(C - 1)] + ["zebra"]
+    d.extra["reference"], *_ = make_split(5, text={"classes": TextBank(other, ["a {}.", "the {}."], emb)})
+    with pytest.raises(OodbenchError, match=f"class {C - 1} is 'c{C - 1}' for this model but 'zebra'"):
+        make_scorer(name).score(d)
+    d.extra["reference"], *_ = make_split(5, text={"classes": TextBank([f"c{i}" for i in range(C)],
+                                                                       ["a {}.", "the {}."], emb)})
+    assert np.isfinite(make_scorer(name).score(d)).all()
