@@ -55,6 +55,27 @@ class ExtractOptions:
         return out
 
 
+def check_local_block(block: torch.nn.Module) -> None:
+    """The local (value-path) embeddings re-run the last block by hand: only open_clip's plain
+    ``ResidualAttentionBlock`` with a packed-projection ``nn.MultiheadAttention`` is known to
+    compute what that re-run assumes; refuse anything else instead of returning wrong tokens."""
+    from open_clip.transformer import ResidualAttentionBlock
+
+    attn = getattr(block, "attn", None)
+    ok = (
+        type(block) is ResidualAttentionBlock
+        and type(attn) is torch.nn.MultiheadAttention
+        and getattr(attn, "in_proj_weight", None) is not None
+        and not hasattr(block, "ln_1_kv")
+    )
+    if not ok:
+        raise OodbenchError(
+            f"--local supports only open_clip's plain ResidualAttentionBlock with nn.MultiheadAttention; this "
+            f"model's last block is {type(block).__name__} (attention {type(attn).__name__}): extract without "
+            "--local (GL-MCM needs it), or merge adapters such as LoRA into the weights first."
+        )
+
+
 class VisualFeatures(torch.nn.Module):
     """Wraps an open_clip ``VisionTransformer`` to return all features in one forward pass."""
 
@@ -64,6 +85,8 @@ class VisualFeatures(torch.nn.Module):
         self.layers = layers or []
         self.local = local
         self.batch_first = getattr(visual.transformer, "batch_first", True)
+        if local:
+            check_local_block(visual.transformer.resblocks[-1])
 
     @property
     def n_blocks(self) -> int:

@@ -321,3 +321,29 @@ def test_two_model_scores_check_class_names_and_order(name):
     d.extra["reference"], *_ = make_split(5, text={"classes": TextBank([f"c{i}" for i in range(C)],
                                                                        ["a {}.", "the {}."], emb)})
     assert np.isfinite(make_scorer(name).score(d)).all()
+
+
+def test_local_embeddings_refuse_other_block_variants():
+    """The value-path re-run in extract.py is right for open_clip's plain block only."""
+    import copy
+
+    from open_clip.transformer import CustomResidualAttentionBlock, ResidualAttentionBlock
+
+    from oodbench.extract import VisualFeatures
+    from oodbench.models import load_model
+
+    visual = load_model().model.visual
+    VisualFeatures(visual, None, local=True)  # the plain block: accepted
+    last = visual.transformer.resblocks[-1]
+    assert type(last) is ResidualAttentionBlock
+    width = last.attn.embed_dim
+
+    class Subclassed(ResidualAttentionBlock):  # may change forward: refused too
+        pass
+
+    for block in (CustomResidualAttentionBlock(width, last.attn.num_heads), Subclassed(width, last.attn.num_heads)):
+        v = copy.deepcopy(visual)
+        v.transformer.resblocks[-1] = block
+        with pytest.raises(OodbenchError, match=f"--local supports only .* last block is {type(block).__name__}"):
+            VisualFeatures(v, None, local=True)
+        VisualFeatures(v, None, local=False)  # without --local nothing depends on the block's internals
