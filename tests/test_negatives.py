@@ -440,3 +440,39 @@ def test_fixed_selection_is_embedded_as_given_and_not_mined(digits_store, tmp_pa
     res = CliRunner().invoke(app, ["extract", "--store", str(store), "--negatives", "file:nope.txt", "--layers", "all",
                                       "--local", "--device", "cpu"])
     assert res.exit_code != 0 and "is not a file" in res.output and "Traceback" not in res.output
+
+
+def test_csp_banks_average_raw_prompt_embeddings(tmp_path):
+    """CSP's code averages the raw text embeddings over its prompts, then normalises;
+    CLIP's ensemble (reduce=True) normalises each prompt first. Different when norms differ."""
+    import types
+
+    import numpy as np
+    import torch
+
+    from oodbench.extract import write_text_bank
+    from oodbench.store import Store, read_h5
+
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(256, 8, generator=g)
+
+    class Model(torch.nn.Module):
+        def encode_text(self, tokens):  # a deterministic stand-in with prompt-dependent norms
+            return (table[tokens] * (1 + tokens[..., None] % 7)).sum(1)
+
+    def tokenizer(texts):
+        return torch.tensor([[ord(c) % 256 for c in t.ljust(40)[:40]] for t in texts])
+
+    bundle = types.SimpleNamespace(key="m", model=Model(), tokenizer=tokenizer, fingerprint="f")
+    st = Store(tmp_path)
+    names, templates = ["cup", "tree"], list(neg.CSP_NOUN_TEMPLATES)
+    raw = np.stack([[Model().encode_text(tokenizer([t.format(n)]))[0].numpy() for n in names] for t in templates])
+    arrays, attrs = read_h5(write_text_bank(bundle, st, "raw", names, templates, reduce="raw"))
+    np.testing.assert_allclose(arrays["embeds"][0], raw.mean(0), rtol=1e-6)
+    assert attrs["templates"][0].startswith("raw-mean ensemble of 8: ")
+    arrays2, _ = read_h5(write_text_bank(bundle, st, "clip", names, templates, reduce=True))
+    unit = raw / np.linalg.norm(raw, axis=-1, keepdims=True)
+    np.testing.assert_allclose(arrays2["embeds"][0], unit.mean(0), rtol=1e-6)
+    a = arrays["embeds"][0] / np.linalg.norm(arrays["embeds"][0], axis=-1, keepdims=True)
+    b = arrays2["embeds"][0] / np.linalg.norm(arrays2["embeds"][0], axis=-1, keepdims=True)
+    assert np.abs(a - b).max() > 1e-3
