@@ -476,3 +476,26 @@ def test_csp_banks_average_raw_prompt_embeddings(tmp_path):
     a = arrays["embeds"][0] / np.linalg.norm(arrays["embeds"][0], axis=-1, keepdims=True)
     b = arrays2["embeds"][0] / np.linalg.norm(arrays2["embeds"][0], axis=-1, keepdims=True)
     assert np.abs(a - b).max() > 1e-3
+
+
+def test_csp_conjugated_pool_follows_the_reference_reading():
+    """CSP's multi_modal.py: random.seed(seed) once, then, reading the files in order, one
+    random.choice of its 14 suffixes per adjective kept (nouns draw nothing)."""
+    import random as stdlib_random
+
+    files = neg.published_txtfiles()
+    excl = set(neg.CSP_EXCLUDED_LEXNAMES)
+    stdlib_random.seed(0)
+    dedup, expected = set(), []
+    for name in neg.NEGLABEL_FILE_ORDER:
+        if name in excl:
+            continue
+        for line in files[name]:
+            word = line.replace("_", " ").strip()
+            if word in dedup:
+                continue
+            dedup.add(word)
+            if name.startswith("adj."):
+                expected.append(stdlib_random.choice(neg.CSP_SUFFIXES).format(word))
+    got = neg.conjugate(neg.load_corpus("neglabel-adjectives", exclude_lexnames=neg.CSP_EXCLUDED_LEXNAMES))
+    assert got == expected and len(got) == 9_812
