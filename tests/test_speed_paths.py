@@ -118,8 +118,13 @@ def test_index_small_bank_and_exact_method_agree():
 
 
 @needs_bf16
-def test_knn_and_nnguide_scorers_use_exact_values():
-    """KNN / NNGuide through the scorers with a bank big enough for the bf16 path."""
+@pytest.mark.parametrize("bf16_pays", [True, False])
+def test_knn_and_nnguide_scorers_use_exact_values(bf16_pays, monkeypatch):
+    """KNN / NNGuide through the scorers with a bank big enough for the bf16 path, on either
+    per-CPU choice of the search path."""
+    from oodbench.scorers import topk
+
+    monkeypatch.setattr(topk, "_BF16_PAYS", bf16_pays)
     rng = np.random.default_rng(4)
     n_cls, d = 8, 48
     w = rng.normal(size=(n_cls, d)).astype(np.float32)
