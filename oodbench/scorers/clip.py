@@ -6,6 +6,8 @@ class names (bank ``classes``), cos = cosine similarity. All scores: higher = mo
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import torch
 from scipy.special import softmax
@@ -291,15 +293,15 @@ class NegLabel(Scorer):
             return not all(name == FIXED_SELECTION_BANK for name in str(self.bank).split("+") if name)
         return self.mine == "yes"
 
-    def negatives(self, data, pos: np.ndarray, id_bank=None) -> np.ndarray:
-        """(M', D) mined negative-label embeddings (cached per negative and ID text bank,
-        template choice and mining parameters)."""
+    def negatives(self, data, pos: np.ndarray) -> np.ndarray:
+        """(M', D) mined negative-label embeddings (cached per negative text bank, ID-label
+        embeddings ``pos`` (by content), template choice and mining parameters)."""
         names = [name for name in str(self.bank).split("+") if name]
         banks = [data.text_bank(name) for name in names]
         mine = self.mines()
         key = (
             tuple(id(b) for b in banks),
-            id(id_bank),
+            hashlib.sha256(np.ascontiguousarray(pos).tobytes()).hexdigest(),  # the ID-label bank
             self.templates,
             self.neg_templates,
             self.ratio,
@@ -322,13 +324,12 @@ class NegLabel(Scorer):
                 raise OodbenchError(
                     f"{self.name}: no negative labels kept from {self.bank!r}: raise ratio or add candidates."
                 )
-            self._mined = {key: (neg, banks, id_bank)}  # keeping the banks alive keeps their ids unique
+            self._mined = {key: (neg, banks)}  # keeping the banks alive keeps their ids unique
         return self._mined[key][0]
 
     def score(self, data) -> np.ndarray:
-        id_bank = data.text_bank(self.id_bank)
-        pos = name_embeds(id_bank, self.templates)
-        neg = self.negatives(data, pos, id_bank)
+        pos = name_embeds(data.text_bank(self.id_bank), self.templates)
+        neg = self.negatives(data, pos)
         return neglabel_score(
             features(data, "embeds"), pos, neg, self.temperature, self.ngroup, self.seed
         )
