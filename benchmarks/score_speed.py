@@ -627,7 +627,7 @@ def knn_stats(store: Path, n_queries: int = 4096) -> str:
             x = engine.load_inputs(st, view, d, head, "ood")
             qs.append(l2_normalize(x.features(space))[: n_queries // (1 + len(bench.ood))])
         q = np.concatenate(qs)
-        index = InnerProductIndex(bank)
+        index = InnerProductIndex(bank, "bf16")  # the bf16 pass itself (auto may pick float32 on this CPU)
         index.search(q[:256], 50)  # warm-up
         index.stats = {"queries": 0, "candidates": 0, "fallback_rows": 0}
         t0 = time.perf_counter()

@@ -37,13 +37,14 @@ def extract(model: str | None = None, pretrained: str | None = None, *, benchmar
             download: bool = False, datasets: list[str] | None = None, options: ExtractOptions | None = None,
             negatives: str | None = None, outliers: str | Path | None = None, templates: str | None = None,
             trust_pickle: bool = False, wise_alpha: float | None = None, wise_base: str | Path | None = None,
-            negative_words: tuple[str, str] = ("wordnet-nouns", "wordnet-adjectives"),
+            negative_words: tuple[str, str] = ("neglabel-nouns", "neglabel-adjectives"),
             **option_kwargs: Any) -> str:
     """Extract every split of ``benchmark`` (or only ``datasets``) for one model; returns its store key.
 
     ``model``/``pretrained`` default to the benchmark's own model entry. Already complete files
-    are reused; unfinished ones resume. ``negatives`` (``neglabel``, ``csp`` or ``all``) adds
-    the WordNet negative-label banks; ``outliers`` a file of envisioned outlier labels (EOE);
+    are reused; unfinished ones resume. ``negatives`` (``neglabel``, ``csp``, ``all`` or
+    ``file:SELECTION``) adds the negative-label banks (NegLabel's published corpus, or a fixed
+    selection such as ``file:neglabel-in1k``); ``outliers`` a file of envisioned outlier labels (EOE);
     ``templates`` overrides the benchmark's prompt templates of the class bank (a list name,
     ``file:PATH`` or one template). ``wise_alpha`` mixes the checkpoint with its base
     (WiSE-FT, θ = (1−α)θ_base + αθ_ckpt; ``wise_base`` names another base checkpoint);

@@ -55,6 +55,27 @@ class ExtractOptions:
         return out
 
 
+def check_local_block(block: torch.nn.Module) -> None:
+    """The local (value-path) embeddings re-run the last block by hand: only open_clip's plain
+    ``ResidualAttentionBlock`` with a packed-projection ``nn.MultiheadAttention`` is known to
+    compute what that re-run assumes; refuse anything else instead of returning wrong tokens."""
+    from open_clip.transformer import ResidualAttentionBlock
+
+    attn = getattr(block, "attn", None)
+    ok = (
+        type(block) is ResidualAttentionBlock
+        and type(attn) is torch.nn.MultiheadAttention
+        and getattr(attn, "in_proj_weight", None) is not None
+        and not hasattr(block, "ln_1_kv")
+    )
+    if not ok:
+        raise OodbenchError(
+            f"--local supports only open_clip's plain ResidualAttentionBlock with nn.MultiheadAttention; this "
+            f"model's last block is {type(block).__name__} (attention {type(attn).__name__}): extract without "
+            "--local (GL-MCM needs it), or merge adapters such as LoRA into the weights first."
+        )
+
+
 class VisualFeatures(torch.nn.Module):
     """Wraps an open_clip ``VisionTransformer`` to return all features in one forward pass."""
 
@@ -64,6 +85,8 @@ class VisualFeatures(torch.nn.Module):
         self.layers = layers or []
         self.local = local
         self.batch_first = getattr(visual.transformer, "batch_first", True)
+        if local:
+            check_local_block(visual.transformer.resblocks[-1])
 
     @property
     def n_blocks(self) -> int:
@@ -383,14 +406,17 @@ def write_model_info(bundle, store: Store) -> Path:
 
 
 def write_text_bank(bundle, store: Store, bank: str, names: list[str], templates: list[str],
-                    device: str = "cpu", reduce: bool = False) -> Path:
+                    device: str = "cpu", reduce: bool | str = False) -> Path:
     """text/<bank>.h5: (T, C, D) embeddings of every template x name; reused when unchanged.
 
-    ``reduce``: store only the template ensemble (normalised mean, T = 1) to save space for
-    large banks embedded under many prompts (CSP's); ``templates`` then records all prompts.
+    ``reduce``: store only the template ensemble (T = 1) to save space for large banks embedded
+    under many prompts; ``True``: mean of the per-prompt normalised embeddings (CLIP's
+    ensemble), ``"raw"``: mean of the raw embeddings (CSP's code: averaged, then normalised at
+    use); ``templates`` then records all prompts.
     """
     path = store.text_path(bundle.key, bank)
-    stored_templates = [f"ensemble of {len(templates)}: " + " | ".join(templates)] if reduce else list(templates)
+    label = "raw-mean ensemble" if reduce == "raw" else "ensemble"
+    stored_templates = [f"{label} of {len(templates)}: " + " | ".join(templates)] if reduce else list(templates)
     if path.exists():
         from .store import read_h5
 
@@ -399,7 +425,8 @@ def write_text_bank(bundle, store: Store, bank: str, names: list[str], templates
             return path
     emb = encode_text_bank(bundle.model, bundle.tokenizer, names, templates, device=device, label=f"text {bank}")
     if reduce:
-        emb = emb / np.linalg.norm(emb, axis=-1, keepdims=True)
+        if reduce != "raw":
+            emb = emb / np.linalg.norm(emb, axis=-1, keepdims=True)
         emb = emb.mean(0, keepdims=True)
     write_h5_atomic(path, {"embeds": emb}, {"kind": "text", "bank": bank, "names": list(names),
                                             "templates": stored_templates, "fingerprint": bundle.fingerprint})
@@ -426,20 +453,31 @@ NEGATIVE_SETS = ("neglabel", "csp", "all")
 
 
 def write_negative_banks(bundle, store: Store, benchmark, which: str, device: str = "cpu",
-                         nouns: str = "wordnet-nouns", adjectives: str = "wordnet-adjectives") -> list[Path]:
-    """Text banks of NegLabel (``neglabel``) and/or CSP (``csp``) from the bundled WordNet 3.0 corpus.
+                         nouns: str = "neglabel-nouns", adjectives: str = "neglabel-adjectives") -> list[Path]:
+    """Text banks of NegLabel (``neglabel``) and/or CSP (``csp``) from NegLabel's published corpus.
 
     neglabel: ``classes_neglabel`` (ID labels, 'the nice {}'), ``negatives`` (nouns),
     ``negatives_adj`` (adjectives, 'This is a {} photo'); csp: ``classes_csp`` and
-    ``negatives_csp_nouns`` (8 noun prompts, ensembled), ``negatives_csp`` (conjugated adjectives,
-    4 prompts, ensembled). Candidates equal to an ID class name are removed. ``nouns`` and
-    ``adjectives`` name a bundled corpus or a user word file (one word per line).
+    ``negatives_csp_nouns`` (8 noun prompts), ``negatives_csp`` (conjugated adjectives, 4
+    prompts), each the raw mean over its prompts (CSP's code). As in the reference, candidates
+    are not filtered against the ID class names. ``nouns`` and ``adjectives`` name a bundled
+    corpus or a user word file (one word per line). ``file:SELECTION`` (a named selection such
+    as ``neglabel-in1k`` or a file of prompts): ``classes_neglabel`` and ``negatives_file``, the
+    selection's prompts embedded as given, scored without mining.
     """
     from . import negatives as ng
 
-    if which not in NEGATIVE_SETS:
-        raise OodbenchError(f"--negatives must be one of {', '.join(NEGATIVE_SETS)}; got {which!r}.")
     b, out = benchmark.name, []
+    if which.startswith("file:"):
+        prompts = ng.load_selection(which[len("file:"):])
+        out.append(write_text_bank(bundle, store, f"{b}-classes_neglabel", list(benchmark.classes),
+                                   list(ng.NEGLABEL_NOUN_TEMPLATES), device))
+        out.append(write_text_bank(bundle, store, f"{b}-negatives_file", prompts, [ng.SELECTION_TEMPLATE], device))
+        return out
+    if which not in NEGATIVE_SETS:
+        raise OodbenchError(
+            f"--negatives must be one of {', '.join(NEGATIVE_SETS)} or file:SELECTION; got {which!r}."
+        )
 
     def bank(role, names, templates, reduce=False):
         out.append(write_text_bank(bundle, store, f"{b}-{role}", names, list(templates), device, reduce))
@@ -447,14 +485,13 @@ def write_negative_banks(bundle, store: Store, benchmark, which: str, device: st
     classes = list(benchmark.classes)
     if which in ("neglabel", "all"):
         bank("classes_neglabel", classes, ng.NEGLABEL_NOUN_TEMPLATES)
-        bank("negatives", ng.remove_id_overlap(ng.load_corpus(nouns), classes), ng.NEGLABEL_NOUN_TEMPLATES)
-        bank("negatives_adj", ng.remove_id_overlap(ng.load_corpus(adjectives), classes),
-             ng.NEGLABEL_ADJECTIVE_TEMPLATES)
+        bank("negatives", ng.load_corpus(nouns), ng.NEGLABEL_NOUN_TEMPLATES)
+        bank("negatives_adj", ng.load_corpus(adjectives), ng.NEGLABEL_ADJECTIVE_TEMPLATES)
     if which in ("csp", "all"):
         excl = ng.CSP_EXCLUDED_LEXNAMES
-        bank("classes_csp", classes, ng.CSP_NOUN_TEMPLATES, reduce=True)
-        csp_nouns = ng.remove_id_overlap(ng.load_corpus(nouns, exclude_lexnames=excl), classes)
-        bank("negatives_csp_nouns", csp_nouns, ng.CSP_NOUN_TEMPLATES, reduce=True)
+        bank("classes_csp", classes, ng.CSP_NOUN_TEMPLATES, reduce="raw")
+        bank("negatives_csp_nouns", ng.load_corpus(nouns, exclude_lexnames=excl), ng.CSP_NOUN_TEMPLATES,
+             reduce="raw")
         adjs = ng.load_corpus(adjectives, exclude_lexnames=excl)
-        bank("negatives_csp", ng.conjugate(adjs), ng.CSP_ADJECTIVE_TEMPLATES, reduce=True)
+        bank("negatives_csp", ng.conjugate(adjs), ng.CSP_ADJECTIVE_TEMPLATES, reduce="raw")
     return out

@@ -53,3 +53,14 @@ def test_metrics_reject_nan_and_empty():
 def test_accuracy_ignores_unknown_labels():
     logits = np.array([[2.0, 1.0], [0.0, 3.0], [5.0, 0.0]])
     assert accuracy(logits, np.array([0, 0, -1])) == 0.5
+
+
+def test_fpr95_on_ties_is_right_where_openood_overstates_it():
+    """README, metrics: one ID and one OoD sample per value 0..99. Accepting 95 % of ID accepts
+    95 % of OoD; OpenOOD's FPR@95 (sklearn ``roc_curve`` with its collinear points dropped,
+    then the first point with TPR >= 0.95) says 1.00."""
+    v = np.arange(100.0)
+    res = evaluate(v, v)
+    assert res["fpr95"] == pytest.approx(0.95) and res["fpr95_ood"] == pytest.approx(0.95)
+    fpr, tpr, _ = roc_curve(np.r_[np.zeros(100), np.ones(100)], np.r_[-v, -v])  # OpenOOD: OoD positive
+    assert fpr[np.argmax(tpr >= 0.95)] == 1.0

@@ -299,3 +299,51 @@ def test_two_model_errors(two_models, bench, tmp_path):
         score_benchmark(st, ft, bench, ["disagreement"], reference_key="other-samples")
     shutil.rmtree(st.root / "no-noise")
     shutil.rmtree(st.root / "other-samples")
+
+
+@pytest.mark.parametrize("name", ["ft_conf_zs", "disagreement"])
+def test_two_model_scores_check_class_names_and_order(name):
+    """Same number of classes is not enough: the names and their order must match."""
+    rng = np.random.default_rng(9)
+    emb = rng.normal(size=(2, C, D)).astype(np.float32)
+    d, *_ = make_split(0, text={"classes": TextBank([f"c{i}" for i in range(C)], ["a {}.", "the {}."], emb)})
+    swapped = [f"c{i}" for i in range(C)]
+    swapped[0], swapped[1] = swapped[1], swapped[0]
+    ref, *_ = make_split(5, text={"classes": TextBank(swapped, ["a {}.", "the {}."], emb)})
+    d.extra["reference"] = ref
+    with pytest.raises(OodbenchError, match="class 0 is 'c0' for this model but 'c1' for the reference "
+                                            r"\(same names, other order\)"):
+        make_scorer(name).score(d)
+    other = [f"c{i}" for i in range(C - 1)] + ["zebra"]
+    d.extra["reference"], *_ = make_split(5, text={"classes": TextBank(other, ["a {}.", "the {}."], emb)})
+    with pytest.raises(OodbenchError, match=f"class {C - 1} is 'c{C - 1}' for this model but 'zebra'"):
+        make_scorer(name).score(d)
+    d.extra["reference"], *_ = make_split(5, text={"classes": TextBank([f"c{i}" for i in range(C)],
+                                                                       ["a {}.", "the {}."], emb)})
+    assert np.isfinite(make_scorer(name).score(d)).all()
+
+
+def test_local_embeddings_refuse_other_block_variants():
+    """The value-path re-run in extract.py is right for open_clip's plain block only."""
+    import copy
+
+    from open_clip.transformer import CustomResidualAttentionBlock, ResidualAttentionBlock
+
+    from oodbench.extract import VisualFeatures
+    from oodbench.models import load_model
+
+    visual = load_model().model.visual
+    VisualFeatures(visual, None, local=True)  # the plain block: accepted
+    last = visual.transformer.resblocks[-1]
+    assert type(last) is ResidualAttentionBlock
+    width = last.attn.embed_dim
+
+    class Subclassed(ResidualAttentionBlock):  # may change forward: refused too
+        pass
+
+    for block in (CustomResidualAttentionBlock(width, last.attn.num_heads), Subclassed(width, last.attn.num_heads)):
+        v = copy.deepcopy(visual)
+        v.transformer.resblocks[-1] = block
+        with pytest.raises(OodbenchError, match=f"--local supports only .* last block is {type(block).__name__}"):
+            VisualFeatures(v, None, local=True)
+        VisualFeatures(v, None, local=False)  # without --local nothing depends on the block's internals

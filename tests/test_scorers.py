@@ -375,6 +375,61 @@ def test_openmax_by_loop(world):
     np.testing.assert_allclose(scorer.score(world["test"]), expected, rtol=1e-5, atol=1e-9)
 
 
+@pytest.mark.parametrize("translate", [1.0, 10000.0])
+def test_openmax_translate_amount(world, translate):
+    """libMR FitHigh shifts the tail by translate_amount - min(tail): 10000 (libMR's source,
+    pytorch-ood, the default) or 1 (OpenOOD's PyPI libmr), selectable."""
+    scorer = fitted("openmax", world, translate=translate)
+    z = world["train"].logits.astype(np.float64)
+    y = world["train"].labels
+    for c in range(C):
+        rows = (y == c) & (z.argmax(1) == c)
+        d = np.linalg.norm(z[rows] - z[rows].mean(0), axis=1)
+        tail = np.sort(d)[-20:]
+        assert scorer.weibull_[c, 2] == pytest.approx(translate - tail.min(), rel=1e-12)
+        shape, scale = fit_weibull(tail + translate - tail.min())
+        np.testing.assert_allclose(scorer.weibull_[c, :2], [shape, scale], rtol=1e-9)
+    if translate == 1.0:
+        assert not np.allclose(scorer.score(world["test"]), run("openmax", world))
+
+
+def test_fit_split_is_selectable(world):
+    """ReAct, VRA and Residual fit on ID train by default and on ID val with fit_split=val (OpenOOD)."""
+    x, w, b = _head(world)
+    for split in ("train", "val"):
+        h = world[split].features("penultimate").astype(np.float64)
+        react = fitted("react", world, fit_split=split)
+        assert react.fit_split == split and make_scorer("react").fit_split == "train"
+        np.testing.assert_allclose(
+            react.score(world["test"]), logsumexp(np.minimum(x, np.percentile(h, 90)) @ w.T + b, axis=1), rtol=1e-6
+        )
+        lo, hi = np.percentile(h, [10, 90])
+        np.testing.assert_allclose(
+            run("vra", world, fit_split=split), logsumexp(np.clip(x, lo, hi) @ w.T + b, axis=1), rtol=1e-6
+        )
+        res = fitted("residual", world, fit_split=split, dim=4)
+        same = make_scorer("residual", dim=4).fit(world[split])
+        np.testing.assert_allclose(res.score(world["test"]), same.score(world["test"]), rtol=1e-12)
+    assert not np.allclose(run("react", world, fit_split="val"), run("react", world))
+    with pytest.raises(OodbenchError, match="'fit_split' parameter of react must be one of 'train', 'val'"):
+        make_scorer("react", fit_split="test")
+
+
+def test_nnguide_bank_size_and_collapse_warning(world, monkeypatch):
+    from oodbench.scorers import distance
+
+    warned = []
+    monkeypatch.setattr(distance, "warn", warned.append)
+    s = fitted("nnguide", world, k=5, bank_size=40)
+    assert s.bank_.shape[0] == 40 and not warned
+    fitted("nnguide", world, k=5)  # 1 % of 600 train rows = 6 > k: fine
+    assert not warned
+    fitted("nnguide", world, k=10)  # 1 % = 6 -> the bank is k rows: the top-k is the whole bank
+    assert len(warned) == 1 and "the bank has 10 rows for k=10" in warned[0]
+    with pytest.raises(OodbenchError, match="bank_size=3 is below k=5"):
+        fitted("nnguide", world, k=5, bank_size=3)
+
+
 # -- activation shaping ----------------------------------------------------------------------
 def _head(world):
     d = world["test"]

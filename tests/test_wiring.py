@@ -10,20 +10,21 @@ from oodbench import api
 from oodbench.cli import app
 from oodbench.metrics import auroc
 from oodbench.models import load_model
+from oodbench.negatives import load_corpus
 from oodbench.store import Store, read_h5
 
 runner = CliRunner()
 
 
 def test_negative_banks_feed_neglabel_and_csp(digits_store, tmp_path):
-    """NegLabel with the shipped WordNet nouns/adjectives; CSP's banks from user word files."""
+    """NegLabel with the shipped published nouns/adjectives; CSP's banks from user word files."""
     store = tmp_path / "s"
     shutil.copytree(digits_store["store"], store)
     api.extract(benchmark="digits", store=store, negatives="neglabel", layers="all", local=True, device="cpu")
     key = digits_store["key"]
     arrays, attrs = read_h5(Store(store).text_path(key, "digits-negatives"))
-    assert attrs["templates"] == ["the nice {}"] and arrays["embeds"].shape[1] > 60000
-    assert "zero" not in attrs["names"]  # ID class names are removed from the candidates
+    assert attrs["templates"] == ["the nice {}"] and arrays["embeds"].shape[1] == 57_189
+    assert attrs["names"] == load_corpus("neglabel-nouns")  # NegLabel's published nouns, unfiltered
     nouns, adjs = tmp_path / "nouns.txt", tmp_path / "adjs.txt"
     nouns.write_text("\n".join(["zero", "cat", "house", "river", "car", "tree", "seven", "lamp"] * 1) + "\n")
     adjs.write_text("red\nwooden\nshiny\nold\n")
@@ -33,7 +34,8 @@ def test_negative_banks_feed_neglabel_and_csp(digits_store, tmp_path):
     assert {"digits-negatives", "digits-negatives_adj", "digits-classes_neglabel", "digits-classes_csp",
             "digits-negatives_csp", "digits-negatives_csp_nouns"} <= banks
     _, csp = read_h5(Store(store).text_path(key, "digits-negatives_csp_nouns"))
-    assert "zero" not in csp["names"] and csp["templates"][0].startswith("ensemble of 8")
+    # as the reference: ID names are not filtered out; CSP's prompts averaged raw
+    assert "zero" in csp["names"] and csp["templates"][0].startswith("raw-mean ensemble of 8")
     recs = {r.method: r for r in api.score(["neglabel", "csp"], store=store, params=["csp.ngroup=1"])}
     assert auroc(recs["neglabel"].id_scores, recs["neglabel"].ood_scores["digits-5to9"]) > 0.8
     assert np.isfinite(recs["csp"].id_scores).all()

@@ -241,8 +241,8 @@ class OpenMax(Scorer):
     """OpenMax: 1 - p_unknown after Weibull recalibration of the top-alpha logits.
 
     Fit: per class, the mean logit vector (MAV) of the correctly classified train samples and
-    a Weibull (libMR FitHigh: tail shifted by 10000 - min) on the ``tail`` largest distances
-    to it. Score: for the top-alpha classes (rank i weight (alpha + 1 - i) / alpha),
+    a Weibull (libMR FitHigh: tail shifted by ``translate`` - min, 10000 as libMR's C++ source
+    and pytorch-ood; OpenOOD's PyPI ``libmr`` uses 1) on the ``tail`` largest distances to it. Score: for the top-alpha classes (rank i weight (alpha + 1 - i) / alpha),
     z'_c = z_c (1 - w_c ω_c), z_unknown = sum_c z_c w_c ω_c, p = softmax([z', z_unknown]).
     alpha is capped at C. Higher = more ID.
     """
@@ -258,6 +258,10 @@ class OpenMax(Scorer):
             "euclidean", str, choices=("euclidean", "eucos", "cosine"), doc="distance to the MAV"
         ),
         "eu_weight": Param(0.005, float, low=0.0, doc="weight of the Euclidean part of 'eucos'"),
+        "translate": Param(
+            TRANSLATION, float, low=0.0,
+            doc="libMR translate_amount (libMR source, pytorch-ood: 10000; OpenOOD's PyPI libmr: 1)",
+        ),
     }
     search_space = {"tail": (10, 20, 50, 100), "alpha": (1, 3, 5, 10)}
 
@@ -297,7 +301,7 @@ class OpenMax(Scorer):
         classes, starts = np.unique(cls[order], return_index=True)
         for c, d in zip(classes, np.split(dist[order], starts[1:]), strict=True):
             tail = np.sort(d)[-self.tail :]
-            shift = TRANSLATION - tail.min()
+            shift = self.translate - tail.min()
             self.weibull_[c] = (*fit_weibull(tail + shift), shift)
         self.fitted_ = True
         return self

@@ -6,6 +6,8 @@ class names (bank ``classes``), cos = cosine similarity. All scores: higher = mo
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import torch
 from scipy.special import softmax
@@ -152,18 +154,33 @@ class GLMCM(Scorer):
         return glob + self.lam * local
 
 
-def mine_negatives(neg: np.ndarray, pos: np.ndarray, ratio: float, percentile: float) -> np.ndarray:
+def mine_negatives(
+    neg: np.ndarray, pos: np.ndarray, ratio: float, percentile: float, near_duplicate: float | None = None
+) -> np.ndarray:
     """Indices of the negative candidates kept by NegLabel's mining, in ascending order of score.
 
-    For each candidate, the ``percentile``-th percentile (linear interpolation) of its cosine
-    to the ID label embeddings; keep the int(M * ratio) candidates with the lowest value.
+    For each candidate, the ``percentile``-th percentile (linear interpolation, as
+    ``torch.quantile``) of its cosine to the ID label embeddings; keep the int(M * ratio)
+    candidates with the lowest value. ``near_duplicate`` (CSP: 0.95; NegLabel has no such
+    rule): a candidate whose cosine to any ID label exceeds it gets the value 1.0, so it sorts
+    after every other candidate (CSP's ``multi_modal.py``). Ties keep candidate order.
     """
     q = np.empty(neg.shape[0], np.float64)
     for r in chunks(neg.shape[0], chunk_rows(pos.shape[0])):
-        q[r] = np.percentile(
-            neg[r].astype(np.float64) @ pos.T.astype(np.float64), percentile, axis=1
-        )
+        sims = neg[r].astype(np.float64) @ pos.T.astype(np.float64)
+        q[r] = np.percentile(sims, percentile, axis=1)
+        if near_duplicate is not None:
+            q[r] = np.where(sims.max(axis=1) > near_duplicate, 1.0, q[r])
     return np.argsort(q, kind="stable")[: int(neg.shape[0] * ratio)]
+
+
+def group_permutation(n: int, seed: int) -> np.ndarray:
+    """The permutation NegLabel's ``grouping`` applies to the n kept negatives (after dropping
+    the last M mod ngroup): ``torch.randperm(n)`` after ``torch.manual_seed(seed)``, here on
+    torch's CPU generator. The reference draws it on CUDA, whose generator gives a different
+    permutation for the same seed, so the groups are not the reference's; any permutation is an
+    equally valid draw of the method (README: how much it moves the scores)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
 
 
 def neglabel_score(
@@ -173,7 +190,8 @@ def neglabel_score(
 
     s = cos(x, pos) / T, n = cos(x, neg) / T. With ngroup > 1 the last M mod ngroup negatives
     are dropped and the rest split by a seeded permutation into ngroup equal groups (NegLabel's
-    public code); ngroup = 1 uses all negatives. Chunked over images.
+    public code; permutation: :func:`group_permutation`); ngroup = 1 uses all negatives.
+    Chunked over images.
     """
     m = neg.shape[0]
     if ngroup > m:
@@ -181,7 +199,7 @@ def neglabel_score(
             f"The 'ngroup' parameter is {ngroup} but only {m} negative labels were kept: lower ngroup or raise ratio."
         )
     size = m // ngroup
-    perm = np.random.default_rng(seed).permutation(size * ngroup) if ngroup > 1 else np.arange(m)
+    perm = group_permutation(size * ngroup, seed) if ngroup > 1 else np.arange(m)
     pos64 = torch.from_numpy(np.ascontiguousarray(pos, dtype=np.float64))
     neg64 = torch.from_numpy(np.ascontiguousarray(neg[perm], dtype=np.float64))
     # |cos / T| <= bound: when exp cannot overflow float64, sum the exponentials directly
@@ -206,6 +224,9 @@ def neglabel_score(
     return rowwise(grouped, x.shape[0], chunk_rows(2 * (m + pos.shape[0])))
 
 
+FIXED_SELECTION_BANK = "negatives_file"  # written by ``extract --negatives file:SELECTION``
+
+
 @register_scorer
 class NegLabel(Scorer):
     """NegLabel: sum_i e^{s_i} / (sum_i e^{s_i} + sum_{j in group} e^{n_j}), averaged over groups.
@@ -214,9 +235,11 @@ class NegLabel(Scorer):
     (T = 0.01). Mining: for each candidate of the text bank(s) ``bank`` (``+``-separated names;
     each bank mined separately, as the paper's nouns and adjectives), the 95th percentile of its
     cosine to the ID labels; the ``ratio`` lowest are kept (optionally capped at
-    ``max_negatives`` in total). Grouping: see :func:`neglabel_score`. ``templates`` picks the
-    ID labels' prompts (the paper: ``"the nice {}"``, if the class bank has it), ``neg_templates``
-    those of every negative bank (each bank keeps its own prompts). Higher = more ID.
+    ``max_negatives`` in total). A fixed selection (bank ``negatives_file``, e.g. NegLabel's
+    published ImageNet negatives) is used as given, in file order (``mine``). Grouping: see
+    :func:`neglabel_score`. ``templates`` picks the ID labels' prompts (the paper: ``"the nice
+    {}"``, if the class bank has it), ``neg_templates`` those of every negative bank (each bank
+    keeps its own prompts). Higher = more ID.
     """
 
     name = "neglabel"
@@ -245,6 +268,14 @@ class NegLabel(Scorer):
         "id_bank": Param("classes_neglabel", str, doc="text bank of the ID labels (prompt 'the nice {}')"),
         "templates": _templates_param(),
         "neg_templates": _templates_param(),
+        "near_duplicate": Param(
+            None, float, low=-1.0, high=1.0, optional=True,
+            doc="never keep a candidate whose cosine to an ID label exceeds this (CSP: 0.95)",
+        ),
+        "mine": Param(
+            "auto", str, choices=("auto", "yes", "no"),
+            doc="mine the banks (yes) or use them as given (no); auto: no for a fixed selection (negatives_file)",
+        ),
     }
     search_space = {
         "ngroup": (1, 10, 100),
@@ -256,22 +287,36 @@ class NegLabel(Scorer):
         super().__init__(**params)
         self._mined: dict = {}
 
+    def mines(self) -> bool:
+        """Whether the banks are mined (else used as given, in order: a fixed selection)."""
+        if self.mine == "auto":
+            return not all(name == FIXED_SELECTION_BANK for name in str(self.bank).split("+") if name)
+        return self.mine == "yes"
+
     def negatives(self, data, pos: np.ndarray) -> np.ndarray:
-        """(M', D) mined negative-label embeddings (cached per text bank and template choice)."""
-        banks = [data.text_bank(name) for name in str(self.bank).split("+") if name]
+        """(M', D) mined negative-label embeddings (cached per negative text bank, ID-label
+        embeddings ``pos`` (by content), template choice and mining parameters)."""
+        names = [name for name in str(self.bank).split("+") if name]
+        banks = [data.text_bank(name) for name in names]
+        mine = self.mines()
         key = (
             tuple(id(b) for b in banks),
+            hashlib.sha256(np.ascontiguousarray(pos).tobytes()).hexdigest(),  # the ID-label bank
             self.templates,
             self.neg_templates,
             self.ratio,
             self.percentile,
             self.max_negatives,
+            self.near_duplicate,
+            mine,
         )
         if key not in self._mined:
             kept = []
             for b in banks:
                 cand = name_embeds(b, self.neg_templates)
-                kept.append(cand[mine_negatives(cand, pos, self.ratio, self.percentile)])
+                if mine:
+                    cand = cand[mine_negatives(cand, pos, self.ratio, self.percentile, self.near_duplicate)]
+                kept.append(cand)
             neg = np.concatenate(kept)
             if self.max_negatives is not None:
                 neg = neg[: self.max_negatives]
@@ -294,11 +339,12 @@ class NegLabel(Scorer):
 class CSP(NegLabel):
     """CSP: NegLabel whose candidate pool adds the conjugated semantic pool.
 
-    The pool is the union of the noun bank ``negatives_csp_nouns`` (WordNet nouns minus CSP's
-    excluded lexicographer files, 8 prompts) and the bank ``negatives_csp`` of adjectives
+    The pool is the union of the noun bank ``negatives_csp_nouns`` (the published nouns minus
+    CSP's excluded lexicographer files, 8 prompts) and the bank ``negatives_csp`` of adjectives
     conjugated with superclass words (``{} object``, ``{} scene``, ..., 4 prompts); both are
-    mined as NegLabel does, each bank's templates averaged (``neg_templates="ensemble"``); the ID
-    labels use CSP's 8 noun prompts (bank ``classes_csp``). Higher = more ID.
+    mined as NegLabel does plus CSP's near-duplicate rule (``near_duplicate=0.95``); each
+    bank's prompts are averaged raw, then normalised (stored so by ``extract``); the ID labels
+    use CSP's 8 noun prompts (bank ``classes_csp``). Higher = more ID.
     """
 
     name = "csp"
@@ -311,7 +357,31 @@ class CSP(NegLabel):
         "id_bank": Param("classes_csp", str, doc="text bank of the ID labels (CSP's 8 noun prompts)"),
         "templates": _templates_param("ensemble"),
         "neg_templates": _templates_param("ensemble"),
+        "near_duplicate": Param(
+            0.95, float, low=-1.0, high=1.0, optional=True,
+            doc="never keep a candidate whose cosine to an ID label exceeds this (CSP: 0.95)",
+        ),
     }
+
+
+def eoe_keep(id_names, outlier_names, pos: np.ndarray, out: np.ndarray, near_task: bool,
+             pre_filter: float) -> np.ndarray:
+    """Indices of the envisioned outlier labels EOE keeps (its ``detection_util.py``).
+
+    ``near_task``: drop every outlier label that shares a whitespace-separated word with any ID
+    label (``remove_overlap_class``; EOE does it for near-OoD tasks, whose labels are envisioned
+    per ID class). ``pre_filter``: drop labels whose cosine to any ID label exceeds it (EOE:
+    0.85 for near-OoD on ImageNet-20, else 1.0, which drops nothing). ``pos``, ``out``: unit
+    embeddings (C, D), (M, D).
+    """
+    keep = np.arange(len(outlier_names))
+    if near_task:
+        words = {w for name in id_names for w in name.split()}
+        keep = np.array([i for i in keep if not any(w in words for w in outlier_names[i].split())], dtype=int)
+    if keep.size:
+        sims = out[keep].astype(np.float64) @ pos.T.astype(np.float64)
+        keep = keep[~(sims > pre_filter).any(axis=1)]
+    return keep
 
 
 @register_scorer
@@ -319,7 +389,9 @@ class EOE(Scorer):
     """Envisioning outlier exposure: max_ID p - beta * max_outlier p.
 
     p = softmax over the ID labels and the envisioned outlier labels (text bank
-    ``outlier_bank``) of cos(x, .) / T. Higher = more ID.
+    ``outlier_bank``) of cos(x, .) / T. The outlier labels are first filtered as EOE's code does
+    (:func:`eoe_keep`: ``near_task`` word-overlap removal, ``pre_filter`` cosine threshold).
+    Higher = more ID.
     """
 
     name = "eoe"
@@ -330,13 +402,27 @@ class EOE(Scorer):
         "temperature": Param(1.0, float, low=1e-6, doc="softmax temperature on cosine similarity"),
         "outlier_bank": Param("outliers", str, doc="text bank of envisioned outlier labels"),
         "templates": _templates_param(),
+        "near_task": Param(
+            False, bool, doc="drop outlier labels sharing a word with an ID label (EOE, near-OoD tasks)"
+        ),
+        "pre_filter": Param(
+            1.0, float, low=-1.0, high=1.0,
+            doc="drop outlier labels whose cosine to an ID label exceeds this (EOE: 0.85 near-OoD ImageNet-20)",
+        ),
     }
     search_space = {"beta": (0.0, 0.1, 0.25, 0.5, 1.0)}
 
     def score(self, data) -> np.ndarray:
-        pos = name_embeds(data.text_bank("classes"), self.templates).astype(np.float64)
-        out = name_embeds(data.text_bank(self.outlier_bank), self.templates).astype(np.float64)
-        both = np.concatenate([pos, out])
+        id_bank, out_bank = data.text_bank("classes"), data.text_bank(self.outlier_bank)
+        pos = name_embeds(id_bank, self.templates).astype(np.float64)
+        out = name_embeds(out_bank, self.templates).astype(np.float64)
+        keep = eoe_keep(id_bank.names, out_bank.names, pos, out, self.near_task, self.pre_filter)
+        if keep.size == 0:
+            raise OodbenchError(
+                f"eoe: the filters removed every outlier label of bank {self.outlier_bank!r}: "
+                "lower near_task/pre_filter or give other labels."
+            )
+        both = np.concatenate([pos, out[keep]])
         x = features(data, "embeds")
         c = pos.shape[0]
 

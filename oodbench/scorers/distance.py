@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..console import info
+from ..console import info, warn
 from ..errors import OodbenchError
 from .base import Param, Scorer, feature_param
 from .common import (
@@ -31,6 +31,7 @@ from .common import (
 )
 from .inputs import l2_normalize
 from .registry import register_scorer
+from .shaping import FIT_SPLIT_PARAM, SelectableFitSplit
 from .topk import InnerProductIndex
 
 
@@ -127,7 +128,9 @@ class NNGuide(Scorer):
     """Nearest-neighbour guidance: E(x) * mean of the top-k <h^(x), E(x_j) h^(x_j)> over a bank.
 
     E = logsumexp of the head's logits, h^ = L2-normalised head features; the bank is a seeded
-    ``bank_fraction`` subset of the train split (at least k samples). Higher = more ID.
+    ``bank_fraction`` subset of the train split (at least k samples), or ``bank_size`` rows when
+    given. A bank of only k rows makes the top-k the whole bank (the score collapses to
+    E(x) <h^(x), mean bank>): warned; ``bank_size`` < k is refused. Higher = more ID.
     """
 
     name = "nnguide"
@@ -136,7 +139,13 @@ class NNGuide(Scorer):
     reference = (
         "Park et al., Nearest Neighbor Guidance for Out-of-Distribution Detection, ICCV 2023"
     )
-    params = {"k": Param(100, int, low=1, doc="number of neighbours"), **_bank_params(0.01)}
+    params = {
+        "k": Param(100, int, low=1, doc="number of neighbours"),
+        **_bank_params(0.01),
+        "bank_size": Param(
+            None, int, low=1, optional=True, doc="bank rows (a seeded subset; overrides bank_fraction)"
+        ),
+    }
     search_space = {"k": (1, 10, 50, 100, 200), "bank_fraction": (0.01, 0.05, 0.1, 1.0)}
 
     def fit(self, data) -> NNGuide:
@@ -145,7 +154,18 @@ class NNGuide(Scorer):
             raise OodbenchError(
                 f"The 'k' parameter of nnguide is {self.k} but the train split has only {h.shape[0]} samples: lower k."
             )
-        keep = seeded_subset(h.shape[0], self.bank_fraction, self.k, self.seed)
+        if self.bank_size is not None and self.bank_size < self.k:
+            raise OodbenchError(
+                f"nnguide: bank_size={self.bank_size} is below k={self.k}: give bank_size > k (or lower k)."
+            )
+        fraction = self.bank_fraction if self.bank_size is None else min(1.0, self.bank_size / h.shape[0])
+        keep = seeded_subset(h.shape[0], fraction, self.k, self.seed)
+        size = h.shape[0] if keep is None else keep.size
+        if size <= self.k:
+            warn(
+                f"nnguide: the bank has {size} rows for k={self.k}: the top-k is the whole bank and the score "
+                f"degenerates to E(x) times the similarity to the bank mean; raise bank_fraction/bank_size or lower k."
+            )
         h = h if keep is None else h[keep]
         w, b = head_arrays(data)
         e = energy(h.astype(np.float64) @ w.T + b)
@@ -409,21 +429,21 @@ class ViM(Scorer):
 
 
 @register_scorer
-class Residual(Scorer):
+class Residual(SelectableFitSplit):
     """Negative residual norm: -||(h - u) P_perp||, u = -pinv(W) b, P_perp beyond the top ``dim``.
 
-    When ``dim`` ≥ D the principal dimension is capped at D // 2 (``dim_`` records it).
-    Higher = more ID.
+    When ``dim`` ≥ D the principal dimension is capped at D // 2 (``dim_`` records it). The
+    subspace is fitted on ID train (``fit_split=val``: ID val, as OpenOOD). Higher = more ID.
     """
 
     name = "residual"
     needs = ("head", "features")
-    fit_split = "train"
     reference = "Wang et al., ViM: Out-Of-Distribution with Virtual-logit Matching, CVPR 2022 (Residual baseline)"
     params = {
         "dim": Param(
             512, int, low=1, doc="principal subspace dimension (capped at D // 2 when ≥ D)"
-        )
+        ),
+        "fit_split": FIT_SPLIT_PARAM,
     }
     search_space = {"dim": (16, 32, 64, 128, 256, 512)}
 

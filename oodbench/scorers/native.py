@@ -103,6 +103,27 @@ def reference_inputs(data: Inputs, who: str) -> Inputs:
     return ref
 
 
+def check_same_classes(data: Inputs, ref: Inputs, who: str) -> None:
+    """Both models' class banks (``classes``) name the same classes in the same order: a
+    posterior compared column by column is meaningless otherwise. Splits without a class bank
+    are not checked here (the head sizes still are)."""
+    a, b = data.text.get("classes"), ref.text.get("classes")
+    if a is None or b is None:
+        return
+    if len(a.names) != len(b.names):
+        raise OodbenchError(
+            f"{who}: this model has {len(a.names)} classes but the reference has {len(b.names)}: "
+            "both must classify the same ID classes."
+        )
+    for i, (x, y) in enumerate(zip(a.names, b.names, strict=True)):
+        if x != y:
+            order = " (same names, other order)" if sorted(a.names) == sorted(b.names) else ""
+            raise OodbenchError(
+                f"{who}: class {i} is {x!r} for this model but {y!r} for the reference{order}: "
+                "extract both models with the same benchmark class list."
+            )
+
+
 def _posteriors(z: np.ndarray, temperature: float) -> np.ndarray:
     return log_softmax64(z, temperature).numpy()
 
@@ -336,6 +357,7 @@ class FtConfZs(Scorer):
 
     def score(self, data) -> np.ndarray:
         ref = reference_inputs(data, self.name)
+        check_same_classes(data, ref, self.name)
         msp = np.exp(_posteriors(logits(data), self.temperature).max(1))
         mcm = MCM(temperature=self.mcm_temperature, templates=self.templates).score(ref)
         return msp * mcm**self.weight
@@ -364,6 +386,7 @@ class Disagreement(Scorer):
 
     def score(self, data) -> np.ndarray:
         ref = reference_inputs(data, self.name)
+        check_same_classes(data, ref, self.name)
         lp = _posteriors(logits(data), self.temperature)
         lq = _posteriors(logits(ref), self.temperature)
         if lp.shape[1] != lq.shape[1]:

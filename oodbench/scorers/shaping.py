@@ -21,6 +21,24 @@ def _percent(default: float, doc: str) -> Param:
     return Param(default, float, low=0.0, high=100.0, doc=doc)
 
 
+FIT_SPLIT_PARAM = Param(
+    "train", str, choices=("train", "val"),
+    doc="ID split the thresholds/statistics are fitted on (OpenOOD: val)",
+)
+
+
+class SelectableFitSplit(Scorer):
+    """A scorer whose fit split is the parameter ``fit_split``: oodbench fits on ID train,
+    OpenOOD's postprocessors (ReAct, VRA, Residual) on ID val (``-p react.fit_split=val``)."""
+
+    fit_split = "train"
+
+    def __init__(self, **params) -> None:
+        super().__init__(**params)
+        self.fit_split = self.hparams["fit_split"]  # the instance's split (the class keeps the default)
+        self.fitted_ = False
+
+
 class _Shaped(Scorer):
     """Energy of the head applied to ``shape(h)`` (subclasses define ``shape``)."""
 
@@ -70,15 +88,18 @@ def _top_mask(h: np.ndarray, k: int) -> np.ndarray:
 
 
 @register_scorer
-class ReAct(_Shaped):
-    """Energy of W min(h, tau) + b, tau = p-th percentile of all ID train activations. Higher = more ID."""
+class ReAct(SelectableFitSplit, _Shaped):
+    """Energy of W min(h, tau) + b, tau = p-th percentile of all ID train activations
+    (``fit_split=val``: of ID val, as OpenOOD). Higher = more ID."""
 
     name = "react"
-    fit_split = "train"
     reference = (
         "Sun et al., ReAct: Out-of-distribution Detection With Rectified Activations, NeurIPS 2021"
     )
-    params = {"p": _percent(90.0, "percentile of ID train activations used as the clip threshold")}
+    params = {
+        "p": _percent(90.0, "percentile of ID train activations used as the clip threshold"),
+        "fit_split": FIT_SPLIT_PARAM,
+    }
     search_space = {"p": (85.0, 90.0, 95.0, 99.0)}
 
     def fit(self, data) -> ReAct:
@@ -91,8 +112,9 @@ class ReAct(_Shaped):
 
 
 @register_scorer
-class VRA(_Shaped):
-    """Energy of W clip(h, tau_lo, tau_hi) + b, thresholds = ID train percentiles ``low``/``high``.
+class VRA(SelectableFitSplit, _Shaped):
+    """Energy of W clip(h, tau_lo, tau_hi) + b, thresholds = ID train percentiles ``low``/``high``
+    (``fit_split=val``: ID val, as OpenOOD).
 
     ``per_dim``: one threshold pair per feature dimension (pytorch-ood's VRA) instead of one
     over all activations. This is the clipping form of VRA in the references table (the
@@ -100,12 +122,12 @@ class VRA(_Shaped):
     """
 
     name = "vra"
-    fit_split = "train"
     reference = "Xu et al., VRA: Variational Rectified Activation for Out-of-distribution Detection, NeurIPS 2023"
     params = {
         "low": _percent(10.0, "lower percentile"),
         "high": _percent(90.0, "upper percentile"),
         "per_dim": Param(False, bool, doc="per-dimension thresholds"),
+        "fit_split": FIT_SPLIT_PARAM,
     }
     search_space = {"low": (1.0, 5.0, 10.0, 15.0), "high": (85.0, 90.0, 95.0, 99.0)}
 

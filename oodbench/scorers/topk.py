@@ -27,7 +27,9 @@ of the exhaustive float32 search.
 
 The bf16 pass costs ~1/4 of a float32 matmul on AMX hardware; the per-element work after it
 is one vectorised max over groups of columns (the candidate groups are then expanded), so
-the search runs close to the bf16 matmul's speed.
+the search runs close to the bf16 matmul's speed there. Without AMX (AMD EPYC, AVX512-BF16)
+that work costs more than the matmul saves: ``method="auto"`` then searches in float32
+(:func:`bf16_pays`).
 """
 
 from __future__ import annotations
@@ -103,6 +105,55 @@ def bf16_matmul_accumulates_in_fp32() -> bool:
     return _BF16_OK
 
 
+_BF16_PAYS: bool | None = None
+BF16_MARGIN = 0.8  # bf16 must take < 80 % of the float32 time: near-equal timings (noise) -> float32
+
+
+def _has_amx() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return " amx_bf16" in f.read()
+    except OSError:  # not Linux: measure
+        return False
+
+
+def bf16_pays() -> bool:
+    """Whether the bf16 candidate search beats the plain float32 search on this CPU.
+
+    CPUs with AMX (``amx_bf16`` in /proc/cpuinfo; the path was designed for them): yes.
+    Otherwise measured once per process (well under a second): both searches on the same
+    synthetic unit bank (4096 x 256, 256 queries, k = 16), best of 2 each; bf16 is chosen only
+    if it takes < ``BF16_MARGIN`` of the float32 time. A faster bf16 matmul alone does not
+    decide it: on an AMD EPYC with AVX512-BF16 (no AMX) the bf16 matmul is 2.5x faster than
+    float32 yet the whole bf16 search was slower (group maxima and re-rank cost more than
+    the matmul saves; ``benchmarks/bf16_search_speed.py``). Both paths return the exact
+    float32 top-k values, so the choice changes speed only (and float32 rounding of the
+    re-rank, ~1 ulp)."""
+    global _BF16_PAYS
+    if _BF16_PAYS is None:
+        _BF16_PAYS = False
+        if bf16_matmul_accumulates_in_fp32() and _has_amx():
+            _BF16_PAYS = True
+        elif bf16_matmul_accumulates_in_fp32():
+            import time
+
+            g = torch.Generator().manual_seed(0)
+            bank = torch.nn.functional.normalize(torch.randn(4096, 256, generator=g), dim=1)
+            q = (bank[:256] + 0.3 * torch.randn(256, 256, generator=g)).numpy()
+            best = {}
+            for method in ("exact", "bf16"):
+                index = InnerProductIndex(bank.numpy(), method)
+                index.search(q[:64], 16)  # warm-up (kernel selection, buffers)
+                times = []
+                for _ in range(2):
+                    t0 = time.perf_counter()
+                    index.search(q, 16)
+                    times.append(time.perf_counter() - t0)
+                best[method] = min(times)
+            _BF16_PAYS = best["bf16"] < BF16_MARGIN * best["exact"]
+    return _BF16_PAYS
+
+
 def _group_max(x: torch.Tensor, g: int) -> tuple[int, int, torch.Tensor]:
     """(w, main, (n, w + tail) maxima): group c < w holds columns c, c + w, ..., c + (g-1) w of
     ``x``; columns from ``main = g w`` on are single-column groups w, w + 1, ..."""
@@ -176,7 +227,8 @@ class InnerProductIndex:
             raise ValueError(f"method must be auto, bf16 or exact, got {method!r}")
         self.bank = torch.from_numpy(np.ascontiguousarray(bank, dtype=np.float32))
         n, d = self.bank.shape
-        use_bf16 = method == "bf16" or (method == "auto" and n >= EXACT_BELOW)
+        # auto: bf16 only for banks big enough and where a bf16 matmul is measurably faster
+        use_bf16 = method == "bf16" or (method == "auto" and n >= EXACT_BELOW and bf16_pays())
         self.method = "bf16" if use_bf16 and bf16_matmul_accumulates_in_fp32() else "exact"
         self.stats = {"queries": 0, "candidates": 0, "fallback_rows": 0}
         self._buf: torch.Tensor | None = None  # reused (query chunk x bank) bf16 output
