@@ -171,7 +171,8 @@ def peft_lora_adapter(obj: Any, base: dict[str, torch.Tensor] | None = None) -> 
         raise OodbenchError(
             f"PEFT adapter has {len(unsupported)} tensors oodbench cannot map to open_clip "
             f"(e.g. {', '.join(unsupported[:3])}): only LoRA on q/k/v/out_proj, fc1/fc2 and the projections "
-            "of HF CLIP is supported (no modules_to_save, embeddings or DoRA)."
+            "of a Hugging Face CLIPModel is supported (not PEFT applied to open_clip's own modules, "
+            "modules_to_save, embeddings or DoRA); merge such an adapter and pass the merged state dict."
         )
     if not pairs:
         raise OodbenchError("PEFT adapter holds no lora_A/lora_B weights.")

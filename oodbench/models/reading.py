@@ -234,9 +234,24 @@ def read_pickled(path: Path, trust_pickle: bool = False) -> Any:
                           "save or copy it again.") from None
     classes = sorted(_SEEN)
     state = modules_to_state(obj)
+    if not trust_pickle and classes and not _has_tensors(state):
+        named = ", ".join(c for c in classes if not c.startswith("torch."))[:120] or classes[0]
+        raise _fail(path, f"holds no tensors oodbench can rebuild without running the file's code (it names "
+                          f"{named}): re-save it as a state dict, or pass --trust-pickle if you trust the file "
+                          "(unpickling runs its code).")
     if isinstance(state, dict) and classes:
         state[CLASSES_KEY] = classes
     return state
+
+
+def _has_tensors(obj: Any, depth: int = 3) -> bool:
+    if isinstance(obj, torch.Tensor):
+        return True
+    if depth and isinstance(obj, dict):
+        return any(_has_tensors(v, depth - 1) for v in obj.values())
+    if depth and isinstance(obj, list | tuple):
+        return any(_has_tensors(v, depth - 1) for v in obj[:64])
+    return False
 
 
 def _torch_load(path: Path, module: Any) -> Any:
