@@ -314,3 +314,17 @@ def test_model_options_have_help():
         for needle in ("local weights file PATH", "'' for random weights", "holds the whole model",
                        "Fine-tuned checkpoint", "open_clip model name"):
             assert needle in out, (cmd, needle)
+
+
+def test_peft_on_open_clip_modules_is_refused_clearly(tmp_path):
+    """get_peft_model(open_clip CLIP, ...) keys name open_clip modules: not supported, and said so."""
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "peft-openclip"
+    folder.mkdir()
+    mod = "base_model.model.visual.transformer.resblocks.0.mlp.c_fc"
+    save_file({f"{mod}.lora_A.weight": torch.zeros(2, 128), f"{mod}.lora_B.weight": torch.zeros(512, 2)},
+              str(folder / "adapter_model.safetensors"))
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 2}))
+    with pytest.raises(OodbenchError, match="not PEFT applied to open_clip's own modules"):
+        load_model(OAI, None, ckpt=folder)

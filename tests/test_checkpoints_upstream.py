@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import pickle
 import sys
 import textwrap
@@ -371,10 +372,12 @@ def _offline(monkeypatch):
     return calls
 
 
-def test_missing_pretrained_weights_is_one_line(tmp_path, monkeypatch):
+def test_missing_pretrained_weights_is_one_line(tmp_path, monkeypatch, caplog):
     calls = _offline(monkeypatch)
-    text = _cli_error(["--model", "ViT-B-32", "--pretrained", "openai"], tmp_path)
+    with caplog.at_level(logging.DEBUG, logger="huggingface_hub"):
+        text = _cli_error(["--model", "ViT-B-32", "--pretrained", "openai"], tmp_path)
     assert calls, "the download function was not reached"
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # no log lines beside the error
     assert "ViT-B-32 'openai'" in text and "timm/vit_base_patch32_clip_224.openai" in text
     assert "not in the cache" in text and "create_model_and_transforms" in text and "--pretrained PATH" in text
 

@@ -288,16 +288,20 @@ def _create(model: str, pretrained: str | None, seed: int, style: str | None = N
                                          ("image_resize_mode", "resize_mode")) if cfg.get(c)}
     if model == TINY_MODEL and pretrained == TINY_TAG:
         pretrained = str(ensure_tiny())
-    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.CRITICAL)  # open_clip logs its failures on the root logger before raising them
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        try:
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
             net, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=pretrained, **kwargs)
-        except RuntimeError as exc:
-            if pretrained and str(exc).startswith("Failed to download weights"):
-                raise missing_weights(model, pretrained, exc) from None
-            raise
+    except RuntimeError as exc:
+        if pretrained and str(exc).startswith("Failed to download weights"):
+            raise missing_weights(model, pretrained, exc) from None
+        raise
+    finally:
+        root.setLevel(max(level, logging.ERROR))
     return net, preprocess
 
 
