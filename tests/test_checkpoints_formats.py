@@ -312,7 +312,8 @@ def test_adapter_imports_run_one_way():
 def test_model_options_have_help():
     runner = CliRunner()
     for cmd in ("extract", "run"):
-        out = " ".join(runner.invoke(app, [cmd, "--help"], env={"COLUMNS": "250"}).output.split())
+        res = runner.invoke(app, [cmd, "--help"], env={"COLUMNS": "250"})
+        out = " ".join(res.output.replace("│", " ").split())  # rich wraps long help inside its box
         for needle in ("local weights file PATH", "'' for random weights", "holds the whole model",
                        "Fine-tuned checkpoint", "open_clip model name"):
             assert needle in out, (cmd, needle)
