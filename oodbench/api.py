@@ -38,7 +38,7 @@ def extract(model: str | None = None, pretrained: str | None = None, *, benchmar
             negatives: str | None = None, outliers: str | Path | None = None, templates: str | None = None,
             trust_pickle: bool = False, wise_alpha: float | None = None, wise_base: str | Path | None = None,
             negative_words: tuple[str, str] = ("neglabel-nouns", "neglabel-adjectives"),
-            **option_kwargs: Any) -> str:
+            class_token_position: str | None = None, **option_kwargs: Any) -> str:
     """Extract every split of ``benchmark`` (or only ``datasets``) for one model; returns its store key.
 
     ``model``/``pretrained`` default to the benchmark's own model entry. Already complete files
@@ -50,7 +50,8 @@ def extract(model: str | None = None, pretrained: str | None = None, *, benchmar
     (WiSE-FT, θ = (1−α)θ_base + αθ_ckpt; ``wise_base`` names another base checkpoint);
     ``trust_pickle`` allows checkpoints that are pickled Python objects (runs their code).
     A CoOp/LoCoOp prompt learner's context becomes the ``classes`` bank (the handcrafted
-    prompts stay available as ``classes_prompts``).
+    prompts stay available as ``classes_prompts``); ``class_token_position`` is its
+    end/middle/front where the run's log does not record it.
     """
     from .extract import (
         ExtractOptions,
@@ -86,7 +87,7 @@ def extract(model: str | None = None, pretrained: str | None = None, *, benchmar
         raise OodbenchError(f"Dataset {unknown[0]!r} is not part of benchmark {benchmark!r}: choose from {', '.join(bench.splits())}.")
     sources = {d: cat.source(d, data_root, download) for d in names}  # validate data before the model
     bundle = load_model(model, pretrained, ckpt, ckpt_format, device=options.device, trust_pickle=trust_pickle,
-                        wise_alpha=wise_alpha, wise_base=wise_base)
+                        wise_alpha=wise_alpha, wise_base=wise_base, class_token_position=class_token_position)
     if options.decode == "device":  # refuse a preprocess it cannot reproduce before writing anything
         from .decode import TensorPreprocess
 

@@ -79,14 +79,22 @@ def _options(batch_size, workers, device, precision, dtype, layers, local, overw
                           dtype=dtype, layers=layers, local=local, overwrite=overwrite, decode=decode)
 
 
+MODEL_HELP = "open_clip model name (default: the benchmark's)."
+PRETRAINED_HELP = ("Base weights (default: the benchmark's): an open_clip tag (downloaded once into the Hugging Face cache), a local "
+                   "weights file PATH, or '' for random weights. Not loaded when --ckpt holds the whole model.")
+CKPT_HELP = ("Fine-tuned checkpoint: a file or a PEFT LoRA / Hugging Face CLIPModel / CoOp directory "
+             "(format auto-detected; see the README's Checkpoints section).")
+
+
 @app.command()
 @friendly
 def extract(
     benchmark: Bench = "digits",
-    model: Annotated[str | None, typer.Option("--model", help="open_clip model name (default: the benchmark's).")] = None,
-    pretrained: Annotated[str | None, typer.Option("--pretrained", help="open_clip pretrained tag.")] = None,
-    ckpt: Annotated[Path | None, typer.Option("--ckpt", help="Fine-tuned checkpoint file.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help=MODEL_HELP)] = None,
+    pretrained: Annotated[str | None, typer.Option("--pretrained", help=PRETRAINED_HELP)] = None,
+    ckpt: Annotated[Path | None, typer.Option("--ckpt", help=CKPT_HELP)] = None,
     ckpt_format: Annotated[str, typer.Option("--ckpt-format", help="Checkpoint format (auto-detected).")] = "auto",
+    class_token_position: Annotated[str | None, typer.Option("--class-token-position", help="CoOp prompt checkpoints: end, middle or front, when the run's Dassl log.txt does not say.")] = None,
     dataset: Annotated[list[str] | None, typer.Option("--dataset", help="Only these datasets of the benchmark.")] = None,
     store: Store_ = None,
     benchmarks: Benches = None,
@@ -106,14 +114,15 @@ def extract(
     negative_adjectives: Annotated[str, typer.Option("--negative-adjectives", help="Adjective candidates: a bundled corpus (neglabel-adjectives, wordnet-adjectives) or a word file.")] = "neglabel-adjectives",
     outliers: Annotated[Path | None, typer.Option("--outliers", help="File of envisioned outlier labels (EOE), one per line.")] = None,
     templates: Annotated[str | None, typer.Option("--templates", help="Class prompt templates: single, openai_imagenet, simple_imagenet, file:PATH.")] = None,
-    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow checkpoints that are pickled Python objects (runs their code).")] = False,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Unpickle checkpoints for real (runs their code; only for files you trust). Without it pickled models are read with their classes stubbed.")] = False,
     wise_alpha: Annotated[list[float] | None, typer.Option("--wise-alpha", help="WiSE-FT mixing with the base; repeat for several alphas (one store entry each).")] = None,
     wise_base: Annotated[Path | None, typer.Option("--wise-base", help="Base checkpoint for --wise-alpha (default: the pretrained weights).")] = None,
 ) -> None:
     """Run the network once per dataset split and write the feature store.
 
-    --ckpt takes a file (or a PEFT LoRA / CoOp folder) in any supported format: open_clip,
-    safetensors, visual_only (CLIPood), wiseft, lpft, flyp, cma, peft_lora, clip_lora, coop.
+    --ckpt takes a file (or a PEFT LoRA / Hugging Face CLIPModel / CoOp folder) in any supported
+    format: open_clip, safetensors, visual_only (CLIPood), wiseft, lpft, flyp, cma, hf_clip,
+    peft_lora, clip_lora, coop.
     """
     from . import api
 
@@ -126,7 +135,7 @@ def extract(
                           benchmarks=benchmarks, data_root=data_root, download=download, datasets=dataset,
                           negatives=negatives, outliers=outliers, templates=templates, trust_pickle=trust_pickle,
                           negative_words=(negative_nouns, negative_adjectives),
-                          wise_alpha=alpha, wise_base=wise_base,
+                          wise_alpha=alpha, wise_base=wise_base, class_token_position=class_token_position,
                           options=_options(batch_size, workers, device, precision, dtype, layers, local, overwrite,
                                            decode))
         out.print(key)
@@ -211,9 +220,9 @@ def report(
 @friendly
 def run(
     benchmark: Bench = "digits",
-    model: Annotated[str | None, typer.Option("--model", help="open_clip model name (default: the benchmark's).")] = None,
-    pretrained: Annotated[str | None, typer.Option("--pretrained", help="open_clip pretrained tag or weights file (default: the benchmark's).")] = None,
-    ckpt: Annotated[Path | None, typer.Option("--ckpt", help="Fine-tuned checkpoint file or folder (see extract --help).")] = None,
+    model: Annotated[str | None, typer.Option("--model", help=MODEL_HELP)] = None,
+    pretrained: Annotated[str | None, typer.Option("--pretrained", help=PRETRAINED_HELP)] = None,
+    ckpt: Annotated[Path | None, typer.Option("--ckpt", help=CKPT_HELP)] = None,
     method: Methods = None,
     param: Params = None,
     head: Annotated[str, typer.Option("--head")] = "zeroshot",

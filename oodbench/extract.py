@@ -439,7 +439,8 @@ def write_context_bank(bundle, store: Store, bank: str, names: list[str], device
 
     ctx = bundle.text_ctx
     with torch.no_grad():
-        emb = encode_with_context(bundle.model, bundle.tokenizer, list(names), ctx.to(device))
+        emb = encode_with_context(bundle.model, bundle.tokenizer, list(names), ctx.to(device),
+                                  position=getattr(bundle, "class_token_position", "end"))
     emb = emb.float().cpu().numpy()[None]
     path = store.text_path(bundle.key, bank)
     template = f"learned context (n_ctx={ctx.shape[-2]}) {{}}."

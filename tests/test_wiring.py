@@ -65,6 +65,7 @@ def test_coop_context_becomes_the_class_bank(tmp_path):
         ctx = base.model.token_embedding(tok[1:5]).clone()  # the words "a photo of a"
     (tmp_path / "prompt_learner").mkdir()
     path = tmp_path / "prompt_learner" / "model.pth.tar-5"
+    (tmp_path / "log.txt").write_text("TRAINER:\n  COOP:\n    CLASS_TOKEN_POSITION: end\n")  # Dassl's log
     torch.save({"state_dict": {"ctx": ctx, "token_prefix": torch.zeros(5, 1, 64),
                                "token_suffix": torch.zeros(5, 11, 64)}, "epoch": 5}, path)
     store = tmp_path / "s"

@@ -50,14 +50,17 @@ def embed_images(model: nn.Module, data: ImageSet, device: str, amp: torch.dtype
     return torch.cat(out), torch.cat(labels)
 
 
-def _state_fingerprint(sd: dict[str, torch.Tensor], head_w: torch.Tensor | None, head_b: torch.Tensor | None) -> str:
-    """The fingerprint load_model() computes for these weights + head (see fingerprint_state)."""
+def _state_fingerprint(sd: dict[str, torch.Tensor], head_w: torch.Tensor | None, head_b: torch.Tensor | None,
+                       model_name: str) -> str:
+    """The fingerprint load_model() computes for these weights + head on ``model_name`` (see fingerprint_state)."""
+    from ..models.loading import arch_id
+
     shim = types.SimpleNamespace(state_dict=lambda: sd)
     extra = {"text_ctx": None}
     if head_w is not None:
         extra = {"head_weight": head_w.float(), "head_bias": head_b.float() if head_b is not None else None,
                  "text_ctx": None}
-    return fingerprint_state(shim, extra)
+    return fingerprint_state(shim, extra, arch=arch_id(model_name))
 
 
 def _save_atomic(obj: Any, path: Path) -> Path:

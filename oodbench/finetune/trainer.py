@@ -166,7 +166,7 @@ class Trainer:
         """Write the checkpoint: wiseft layout (state dict + classification_head) if there is a head,
         else a plain open_clip state dict; both with the ``oodbench`` metadata entry."""
         w, b = head
-        fp = _state_fingerprint(sd, w, b)
+        fp = _state_fingerprint(sd, w, b, self.model_name)
         state = dict(sd)
         if w is not None:
             state["classification_head.weight"] = w
@@ -339,7 +339,7 @@ def _result(t: Trainer, recipe: Recipe, cfg: FinetuneConfig, step: int, val_acc:
     t.model.eval().requires_grad_(True)
     head, head_init = recipe.export_head(), recipe.head_init()
     sd = recipe.export_state()
-    fp = _state_fingerprint(sd, *head)
+    fp = _state_fingerprint(sd, *head, t.model_name)
     adapter = t.adapter_path if recipe.writes_adapter else None
     if export and not cached:
         extra = {"train_seconds": round(time.time() - t0, 2), **recipe.export_meta()}

@@ -96,7 +96,7 @@ def wise_mix(ckpt: str | Path, alphas: Sequence[float] = DEFAULT_ALPHAS, out_dir
                 w, b = mixed["w"], mixed["b"]
             else:
                 w, b = h1[0].float(), h1[1].float()
-        fp = _state_fingerprint(sd, w, b)
+        fp = _state_fingerprint(sd, w, b, model)
         state = dict(sd)
         if w is not None:
             state["classification_head.weight"], state["classification_head.bias"] = w, b

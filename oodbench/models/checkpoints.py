@@ -1,8 +1,9 @@
 """Checkpoint formats: each adapter turns a file into an open_clip state dict (+ optional head).
 
-Loading is safe by default: tensors only (``torch.load(weights_only=True)``) or safetensors. A
-pickled Python object (WiSE-FT's ``ImageClassifier``, FLYP's ``CLIPEncoder``) is unpickled only
-when the caller passes ``trust_pickle=True`` (CLI: ``--trust-pickle``).
+Reading runs no code from the file (see :mod:`.reading`): safetensors, torch archives and whole
+pickled objects (WiSE-FT's ``ImageClassifier``, FLYP's ``CLIPEncoder``, written with
+``pickle.dump``) are rebuilt as tensors with every other class stubbed. ``trust_pickle=True``
+(CLI: ``--trust-pickle``) unpickles for real, for files that hold more than modules and tensors.
 
 Adapters (``ADAPTERS``), detected from the keys by :func:`detect_format` or named explicitly:
 
@@ -14,182 +15,55 @@ wiseft     WiSE-FT / model soups (``image_encoder.model.*`` or ``model.*``,
            ``classification_head.*``); head on L2-normalised embeddings
 lpft       LP-FT (``_model.*``, ``_classifier.*``); head on raw (unnormalised) embeddings
 flyp       FLYP / CaRot (``model.*``, both towers)
+hf_clip    a fully fine-tuned Hugging Face ``CLIPModel`` directory (config.json + model.safetensors)
 cma        ``{'model_state_dict': ...}`` with ``module.``
 peft_lora  HF PEFT LoRA for HF CLIP (``adapter_config.json`` + ``adapter_model.*``), merged
 clip_lora  CLIP-LoRA ``.pt`` (``weights`` + ``metadata``), merged
 coop       CoOp / LoCoOp prompt learner: learned text context (``Adapted.text_ctx``)
 ========== ==================================================================================
 
-Adapters take ``(obj, base=None)``: ``obj`` is what was read from the file, ``base`` the freshly
+The registry itself lives in :mod:`.registry`. Adapters take ``(obj, base=None)``: ``obj`` is what was read from the file, ``base`` the freshly
 created model's state dict (needed by the LoRA formats, which return full state dicts).
 """
 
 from __future__ import annotations
 
 import inspect
-import json
-import pickle
-import re
-import types
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import OodbenchError, suggest
+from .reading import CLASSES_KEY, read_json, read_tensors
+from .registry import (
+    ADAPTERS,
+    BASE_FORMATS,
+    DETECTORS,
+    Adapted,
+    Adapter,
+    register_adapter,
+    strip_prefix,
+    tensors_of,
+)
 
-
-@dataclass
-class Adapted:
-    """What an adapter gives back: weights in open_clip names, and a linear head if shipped."""
-
-    state_dict: dict[str, torch.Tensor]
-    head_weight: torch.Tensor | None = None  # (C, D)
-    head_bias: torch.Tensor | None = None  # (C,)
-    head_input: str = "embeds"  # "embeds" (L2-normalised), "embeds_raw" or "penultimate"
-    partial: bool = False  # True when the file holds only part of the model (e.g. visual only)
-    notes: list[str] = field(default_factory=list)
-    format: str = ""
-    scope: tuple[str, ...] = ()  # for partial files: key prefixes the file must cover completely
-    text_ctx: torch.Tensor | None = None  # CoOp context vectors: (n_ctx, W) or (C, n_ctx, W)
-    quick_gelu: bool | None = None  # activation the weights were trained with, when known
-    quick_gelu_reason: str = ""
-    meta: dict[str, Any] = field(default_factory=dict)
-
-
-Adapter = Callable[..., Adapted]
-ADAPTERS: dict[str, Adapter] = {}
-_DETECTORS: list[tuple[str, Callable[[Any], bool]]] = []
-
-
-def register_adapter(name: str, detect: Callable[[Any], bool] | None = None) -> Callable[[Adapter], Adapter]:
-    """Register ``fn(obj, base=None) -> Adapted`` under ``name``.
-
-    ``detect(obj) -> bool``, if given, is consulted by :func:`detect_format` before the built-in
-    rules, so a plug-in format can be auto-detected.
-    """
-
-    def deco(fn: Adapter) -> Adapter:
-        if name in ADAPTERS:
-            raise ValueError(f"checkpoint adapter {name!r} already registered")
-        ADAPTERS[name] = fn
-        if detect is not None:
-            _DETECTORS.append((name, detect))
-        return fn
-
-    return deco
-
-
-# ----------------------------------------------------------------------------- reading files
-
-def read_tensors(path: Path, trust_pickle: bool = False) -> Any:
-    """Read a checkpoint file without executing code: safetensors or a weights-only pickle.
-
-    With ``trust_pickle`` a file that needs Python objects is unpickled for real
-    (``weights_only=False``); nn.Modules in it are turned into their state dicts.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise OodbenchError(f"Checkpoint {str(path)!r} does not exist: check the --ckpt path.")
-    if path.is_dir():
-        raise OodbenchError(
-            f"Checkpoint {str(path)!r} is a directory without adapter_config.json (PEFT) or "
-            "prompt_learner/ (CoOp): pass the checkpoint file itself."
-        )
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        tensors: dict[str, Any] = load_file(str(path))
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        if set(meta) - {"format"}:
-            tensors["__metadata__"] = dict(meta)
-        return tensors
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if not trust_pickle:
-            found = _first_global(str(exc))
-            raise OodbenchError(
-                f"Checkpoint {path.name} is not a plain tensor file{found}: it is a pickled Python object; "
-                "oodbench only loads such files when you pass --trust-pickle (only for files you trust: "
-                "unpickling runs code), or re-save it as a state dict."
-            ) from None
-    except Exception as exc:  # noqa: BLE001 - corrupt archives fail in many ways
-        raise OodbenchError(
-            f"Checkpoint {path.name} could not be read ({type(exc).__name__}: {str(exc)[:160]}): "
-            "is it a complete PyTorch or safetensors file?"
-        ) from None
-    return _load_trusted(path)
-
-
-def _first_global(msg: str) -> str:
-    m = re.search(r"GLOBAL ([\w.]+)", msg)
-    return f" (it needs {m.group(1)})" if m else ""
-
-
-class _Stub(torch.nn.Module):
-    """Stand-in for a class whose code is not importable: keeps the pickled attributes."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__()
-
-    def __setstate__(self, state: Any) -> None:
-        if isinstance(state, dict):
-            torch.nn.Module.__setstate__(self, state)
-        else:
-            torch.nn.Module.__init__(self)
-            self._stub_state = state
-
-
-_STUBS: dict[tuple[str, str], type] = {}
-
-
-class _StubUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return super().find_class(module, name)
-        except (ImportError, AttributeError):
-            key = (module, name)
-            if key not in _STUBS:
-                _STUBS[key] = type(name, (_Stub,), {"__module__": module})
-            return _STUBS[key]
-
-
-_STUB_PICKLE = types.SimpleNamespace(Unpickler=_StubUnpickler, load=pickle.load, __name__="pickle")
-
-
-def _load_trusted(path: Path) -> Any:
-    """Unpickle a trusted file; classes whose code is missing become attribute-keeping stubs."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except (ImportError, AttributeError):
-        obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_STUB_PICKLE)
-    return _modules_to_state(obj)
-
-
-def _modules_to_state(obj: Any) -> Any:
-    if isinstance(obj, torch.nn.Module):
-        return dict(obj.state_dict())
-    if isinstance(obj, dict):
-        return {k: (dict(v.state_dict()) if isinstance(v, torch.nn.Module) else v) for k, v in obj.items()}
-    return obj
+__all__ = ["ADAPTERS", "Adapted", "adapt", "adapt_object", "detect_format", "load_into", "mix_states",
+           "read_checkpoint", "read_tensors", "register_adapter", "strip_prefix"]
 
 
 def read_checkpoint(path: Path, trust_pickle: bool = False) -> tuple[Any, Path]:
-    """Read ``path`` (a file, a PEFT adapter directory or a CoOp output directory).
+    """Read ``path``: a file, a PEFT adapter or Hugging Face CLIPModel directory, or a CoOp run.
 
     Returns the loaded object and the file actually read. PEFT adapters come back as
-    ``{'peft_config': {...}, 'state_dict': {...}}``.
+    ``{'peft_config': {...}, 'state_dict': {...}}``, HF models as ``{'hf_config': ..., 'state_dict': ...}``.
     """
     path = Path(path)
     if path.is_dir() and (path / "adapter_config.json").exists():
         return _read_peft(path, None)
     if path.is_file() and path.name.startswith("adapter_model") and (path.parent / "adapter_config.json").exists():
         return _read_peft(path.parent, path)
+    if path.is_dir() and (path / "config.json").exists():
+        return _read_hf(path)
     if path.is_dir():
         found = _coop_file(path)
         if found is not None:
@@ -198,10 +72,7 @@ def read_checkpoint(path: Path, trust_pickle: bool = False) -> tuple[Any, Path]:
 
 
 def _read_peft(folder: Path, weights: Path | None) -> tuple[dict, Path]:
-    try:
-        cfg = json.loads((folder / "adapter_config.json").read_text())
-    except json.JSONDecodeError as exc:
-        raise OodbenchError(f"{folder / 'adapter_config.json'} is not valid JSON: {exc}") from None
+    cfg = read_json(folder / "adapter_config.json")
     if weights is None:
         for name in ("adapter_model.safetensors", "adapter_model.bin"):
             if (folder / name).exists():
@@ -212,6 +83,22 @@ def _read_peft(folder: Path, weights: Path | None) -> tuple[dict, Path]:
     tensors = read_tensors(weights)
     tensors.pop("__metadata__", None)
     return {"peft_config": cfg, "state_dict": tensors}, weights
+
+
+def _read_hf(folder: Path) -> tuple[dict, Path]:
+    """A ``save_pretrained`` directory: config.json + model.safetensors (or sharded / .bin)."""
+    cfg = read_json(folder / "config.json")
+    files = sorted(folder.glob("model*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
+    if not files:
+        raise OodbenchError(f"{folder} has config.json but no model.safetensors (or pytorch_model.bin): "
+                            "pass the directory save_pretrained wrote.")
+    tensors: dict[str, Any] = {}
+    for f in files:
+        part = read_tensors(f)
+        part.pop("__metadata__", None)
+        part.pop(CLASSES_KEY, None)
+        tensors.update(part)
+    return {"hf_config": cfg, "state_dict": tensors}, files[0]
 
 
 def _coop_file(folder: Path) -> Path | None:
@@ -228,17 +115,7 @@ def _coop_file(folder: Path) -> Path | None:
 
 # ----------------------------------------------------------------------------- helpers
 
-def strip_prefix(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """Remove ``prefix`` when every key has it (e.g. ``module.`` after DDP)."""
-    if sd and all(k.startswith(prefix) for k in sd):
-        return {k[len(prefix):]: v for k, v in sd.items()}
-    return sd
-
-
-def _tensors(sd: Any) -> dict[str, torch.Tensor]:
-    if not isinstance(sd, dict):
-        raise OodbenchError("Checkpoint must be a dict of tensors (or {'state_dict': ...}).")
-    return {k: v for k, v in sd.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+_tensors = tensors_of
 
 
 def _inner(obj: Any, *names: str) -> dict[str, torch.Tensor]:
@@ -384,15 +261,27 @@ def lpft_adapter(obj: Any, base: dict | None = None) -> Adapted:
     return _tower_scope(ad)
 
 
+FLYP_ACTIVATION = (
+    "FLYP fine-tunes LAION open_clip weights (nn.GELU) for ViT-B-16 and ViT-L-14 and OpenAI CLIP (QuickGELU) "
+    "for the other models, and this file does not say which: pass --model NAME for a LAION run or "
+    "--model NAME-quickgelu for an OpenAI run (the model and its fine-tuning command tell)"
+)
+
+
 @register_adapter("flyp")
 def flyp_adapter(obj: Any, base: dict | None = None) -> Adapted:
-    """FLYP / CaRot ``CLIPEncoder`` (``model.*``, both towers)."""
+    """FLYP / CaRot ``CLIPEncoder`` (``model.*``, both towers).
+
+    FLYP's ``CLIPEncoder`` wraps ``open_clip.create_model_and_transforms(..., 'laion400m_e31')``
+    for ViT-B-16/ViT-L-14 and ``clip.load`` (OpenAI, QuickGELU) otherwise. A pickled encoder names
+    its classes, so the activation is read from them (:func:`pickle_activation`); a bare state
+    dict does not say, which is warned about at load.
+    """
     sd = dict(_inner(obj, "state_dict", "model_state_dict"))
     w, b = _pop_head(sd, "classification_head")
     sd = _strip_first(sd, ("model.",))
-    ad = Adapted(sd, head_weight=w, head_bias=b, head_input="embeds", format="flyp")
-    ad.notes.append("FLYP uses OpenAI CLIP (QuickGELU) for ViT-B/32 and LAION open_clip weights (GELU) for "
-                    "ViT-B-16/L-14: pick the matching --model")
+    ad = Adapted(sd, head_weight=w, head_bias=b, head_input="embeds", format="flyp",
+                 quick_gelu_ambiguous=FLYP_ACTIVATION)
     return _tower_scope(ad)
 
 
@@ -426,7 +315,7 @@ def _flat_keys(obj: Any) -> list[str]:
 
 def detect_format(obj: Any, path: Path | None = None) -> str:
     """Guess the adapter from the keys of a loaded checkpoint (and the file suffix)."""
-    for name, pred in _DETECTORS:
+    for name, pred in DETECTORS:
         try:
             if pred(obj):
                 return name
@@ -436,6 +325,8 @@ def detect_format(obj: Any, path: Path | None = None) -> str:
         return "open_clip"
     if "peft_config" in obj:
         return "peft_lora"
+    if "hf_config" in obj:
+        return "hf_clip"
     if isinstance(obj.get("weights"), dict) and isinstance(obj.get("metadata"), dict):
         return "clip_lora"
     if isinstance(obj.get("model_state_dict"), dict):
@@ -472,6 +363,16 @@ def adapt(path: Path, fmt: str = "auto", base: dict[str, torch.Tensor] | None = 
           trust_pickle: bool = False) -> Adapted:
     """Read ``path`` and turn it into open_clip weights with the ``fmt`` adapter (or detect it)."""
     obj, file = read_checkpoint(Path(path), trust_pickle)
+    return adapt_object(obj, file, fmt, base)
+
+
+def needs_base(obj: Any, file: Path, fmt: str = "auto") -> bool:
+    """Whether the checkpoint read into ``obj`` changes pretrained weights rather than replacing them."""
+    return (detect_format(obj, file) if fmt == "auto" else fmt) in BASE_FORMATS
+
+
+def adapt_object(obj: Any, file: Path, fmt: str = "auto", base: dict[str, torch.Tensor] | None = None) -> Adapted:
+    """Turn what :func:`read_checkpoint` read from ``file`` into open_clip weights."""
     detected = detect_format(obj, file)
     if fmt == "auto":
         fmt = detected
@@ -479,11 +380,18 @@ def adapt(path: Path, fmt: str = "auto", base: dict[str, torch.Tensor] | None = 
         raise suggest(fmt, ADAPTERS, "checkpoint format")
     ad = _call(ADAPTERS[fmt], obj, base)
     ad.format = ad.format or fmt
+    ad.needs_base = ad.needs_base or fmt in BASE_FORMATS
     ad.meta.setdefault("file", str(file))
     if fmt != detected:
         ad.meta["detected_format"] = detected
     if isinstance(obj, dict) and isinstance(obj.get("quick_gelu"), bool):  # the file says what it was
         ad.quick_gelu, ad.quick_gelu_reason = obj["quick_gelu"], "checkpoint's quick_gelu entry"
+    classes = obj.get(CLASSES_KEY) if isinstance(obj, dict) else None
+    if classes:
+        ad.meta["pickle_classes"] = [c for c in classes if not c.startswith("torch.")][:12]
+        qg, why = pickle_activation(classes)
+        if qg is not None:
+            ad.quick_gelu, ad.quick_gelu_reason, ad.quick_gelu_ambiguous = qg, why, ""
     if fmt in ("open_clip", "safetensors") and ad.quick_gelu is None:
         params = params_txt_hints(file)
         if params:
@@ -496,6 +404,23 @@ def adapt(path: Path, fmt: str = "auto", base: dict[str, torch.Tensor] | None = 
             elif model:
                 ad.quick_gelu, ad.quick_gelu_reason = False, f"{params['_path']}: model {model}"
     return ad
+
+
+def pickle_activation(classes: list[str]) -> tuple[bool | None, str]:
+    """The MLP activation a pickled model was built with, from the classes its pickle names.
+
+    OpenAI's ``clip`` package (``clip.model.*``) always uses its own QuickGELU; open_clip pickles
+    name ``open_clip.transformer.QuickGELU`` or ``torch.nn.GELU`` for the MLP's activation.
+    """
+    quick = [c for c in classes if c.rsplit(".", 1)[-1] == "QuickGELU"]
+    if quick:
+        openai = " (OpenAI's clip package)" if quick[0].startswith("clip.") else ""
+        return True, f"the pickled model's MLP uses {quick[0]}{openai}"
+    if any(c.startswith("clip.model.") for c in classes):
+        return True, "the pickled model is OpenAI's clip package (clip.model.CLIP, QuickGELU)"
+    if "torch.nn.modules.activation.GELU" in classes:
+        return False, "the pickled model's MLP uses torch.nn.GELU"
+    return None, ""
 
 
 def load_into(model: torch.nn.Module, adapted: Adapted, source: str) -> dict[str, int]:
@@ -523,11 +448,25 @@ def load_into(model: torch.nn.Module, adapted: Adapted, source: str) -> dict[str
         fmt = f" (read as {adapted.format})" if adapted.format else ""
         raise OodbenchError(
             f"Checkpoint {source}{fmt} does not fit this architecture: {'; '.join(parts)} keys. "
-            "Check --model (and -quickgelu for OpenAI weights) or --ckpt-format."
+            "It was trained for another architecture (pass that --model) or is another format (--ckpt-format)."
         )
+    check_finite(adapted, source)
     if sd:
         model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=not adapted.partial)
     return {"loaded": len(sd), "kept": len(own) - len(sd)}
+
+
+def check_finite(adapted: Adapted, source: str) -> None:
+    """Refuse weights holding NaN or inf (a diverged run or a damaged file) before they are used."""
+    items = list(adapted.state_dict.items()) + [
+        ("head weight", adapted.head_weight), ("head bias", adapted.head_bias), ("prompt context", adapted.text_ctx)]
+    for k, v in items:
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            n = int((~torch.isfinite(v)).sum())
+            raise OodbenchError(
+                f"Checkpoint {source}: {k} holds {n} NaN/inf value(s) of {v.numel()}: the run diverged or the file "
+                "is damaged; use an earlier checkpoint of the run."
+            )
 
 
 def mix_states(theta0: dict[str, torch.Tensor], theta1: dict[str, torch.Tensor],
@@ -549,8 +488,3 @@ def mix_states(theta0: dict[str, torch.Tensor], theta1: dict[str, torch.Tensor],
         else:
             out[k] = ((1 - alpha) * v0.float() + alpha * v1.float()).to(v1.dtype)
     return out
-
-
-# the LoRA and prompt adapters register themselves
-from . import lora as _lora  # noqa: E402,F401
-from . import prompts as _prompts  # noqa: E402,F401

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from ..errors import OodbenchError
-from .checkpoints import Adapted, register_adapter
+from .registry import Adapted, register_adapter
 
 _QKV = {"q_proj": 0, "k_proj": 1, "v_proj": 2}
 _HF_MODULE = re.compile(
@@ -134,7 +134,7 @@ def _hf_quick_gelu(cfg: dict) -> tuple[bool | None, str]:
     return None, ""
 
 
-@register_adapter("peft_lora")
+@register_adapter("peft_lora", needs_base=True)
 def peft_lora_adapter(obj: Any, base: dict[str, torch.Tensor] | None = None) -> Adapted:
     """HF PEFT LoRA on HF CLIP (``adapter_config.json`` + ``adapter_model.*``), merged into open_clip."""
     base = _need_base(base, "peft_lora")
@@ -171,7 +171,8 @@ def peft_lora_adapter(obj: Any, base: dict[str, torch.Tensor] | None = None) -> 
         raise OodbenchError(
             f"PEFT adapter has {len(unsupported)} tensors oodbench cannot map to open_clip "
             f"(e.g. {', '.join(unsupported[:3])}): only LoRA on q/k/v/out_proj, fc1/fc2 and the projections "
-            "of HF CLIP is supported (no modules_to_save, embeddings or DoRA)."
+            "of a Hugging Face CLIPModel is supported (not PEFT applied to open_clip's own modules, "
+            "modules_to_save, embeddings or DoRA); merge such an adapter and pass the merged state dict."
         )
     if not pairs:
         raise OodbenchError("PEFT adapter holds no lora_A/lora_B weights.")
@@ -201,20 +202,22 @@ def peft_lora_adapter(obj: Any, base: dict[str, torch.Tensor] | None = None) -> 
                    quick_gelu=qg, quick_gelu_reason=why)
 
 
-# CLIP-LoRA (MaxZanella/CLIP-LoRA, loralib/utils.py): blocks that get LoRA, by "position"
+# CLIP-LoRA (MaxZanella/CLIP-LoRA, loralib/utils.py at 358f0d7, 2024-10): blocks that get LoRA,
+# by "position". Commit e6bf706 (2024-09-12) changed ViT-L/14's table to its 24 blocks; files
+# written before it used the ViT-B table with "all" = blocks 0..20 (CLIP_LORA_VISION_LEGACY).
 CLIP_LORA_TEXT_POSITIONS = {
     "top1": [11], "top2": [10, 11], "top3": [9, 10, 11], "bottom": [0, 1, 2, 3], "mid": [4, 5, 6, 7],
     "up": [8, 9, 10, 11], "half-up": [6, 7, 8, 9, 10, 11], "half-bottom": [0, 1, 2, 3, 4, 5],
     "all": list(range(12)),
 }
+_B_POSITIONS = {"bottom": [0, 1, 2, 3], "mid": [4, 5, 6, 7], "up": [8, 9, 10, 11],
+                "half-up": [6, 7, 8, 9, 10, 11], "half-bottom": [0, 1, 2, 3, 4, 5], "all": list(range(12))}
 CLIP_LORA_VISION_POSITIONS = {
-    "ViT-B/16": {"top": [11], "top3": [9, 10, 11], "bottom": [0, 1, 2, 3], "mid": [4, 5, 6, 7],
-                 "up": [8, 9, 10, 11], "half-up": [6, 7, 8, 9, 10, 11], "half-bottom": [0, 1, 2, 3, 4, 5],
-                 "all": list(range(12))},
-    # ViT-B/32 has the same positions minus top/top3; ViT-L/14's "all" stops at block 20 upstream
-    "ViT-L/14": {"bottom": [0, 1, 2, 3], "mid": [4, 5, 6, 7], "up": [8, 9, 10, 11],
-                 "half-up": [6, 7, 8, 9, 10, 11], "half-bottom": [0, 1, 2, 3, 4, 5], "all": list(range(21))},
+    "ViT-B/16": {"top": [11], "top3": [9, 10, 11], **_B_POSITIONS},
+    "ViT-B/32": dict(_B_POSITIONS),
+    "ViT-L/14": {"half-up": list(range(12, 24)), "half-bottom": list(range(12)), "all": list(range(24))},
 }
+CLIP_LORA_VISION_LEGACY = {"ViT-L/14": {**_B_POSITIONS, "all": list(range(21))}}  # before e6bf706
 _CLIP_LORA_PARTS = {"q_proj": ("attn.in_proj_weight", 0), "k_proj": ("attn.in_proj_weight", 1),
                     "v_proj": ("attn.in_proj_weight", 2), "proj": ("attn.out_proj.weight", None)}
 
@@ -224,31 +227,63 @@ def _n_blocks(base: dict[str, torch.Tensor], root: str) -> int:
     return len([k for k in base if pat.match(k)])
 
 
-def clip_lora_blocks(base: dict[str, torch.Tensor], encoder: str, position: str) -> list[str]:
+def clip_lora_blocks(base: dict[str, torch.Tensor], encoder: str, position: str,
+                     legacy: bool = False) -> list[str]:
     """Block prefixes in CLIP-LoRA's ``layer_i`` order: text blocks first, then vision blocks.
 
     ``apply_lora`` walks each tower's resblocks and wraps block i when i is in the position's
-    index list, so indices beyond the model's depth are simply absent.
+    index list, so indices beyond the model's depth are simply absent. The vision table is
+    chosen by depth (24 blocks: ViT-L/14; ``legacy``: its table before upstream's e6bf706).
     """
+    if encoder not in ("text", "vision", "both"):
+        raise OodbenchError(f"clip_lora: metadata encoder {encoder!r} is not text, vision or both.")
     blocks = []
     if encoder in ("text", "both"):
         if position not in CLIP_LORA_TEXT_POSITIONS:
             raise OodbenchError(f"clip_lora: unknown text position {position!r} "
-                                f"(known: {', '.join(CLIP_LORA_TEXT_POSITIONS)}).")
+                                f"(CLIP-LoRA knows: {', '.join(CLIP_LORA_TEXT_POSITIONS)}).")
         n = _n_blocks(base, "transformer.resblocks.")
         blocks += [f"transformer.resblocks.{i}." for i in range(n) if i in CLIP_LORA_TEXT_POSITIONS[position]]
     if encoder in ("vision", "both"):
         n = _n_blocks(base, "visual.transformer.resblocks.")
-        table = CLIP_LORA_VISION_POSITIONS["ViT-L/14" if n == 24 else "ViT-B/16"]
+        backbone = "ViT-L/14" if n == 24 else "ViT-B/16"
+        table = (CLIP_LORA_VISION_LEGACY if legacy else CLIP_LORA_VISION_POSITIONS)[backbone]
         if position not in table:
-            raise OodbenchError(f"clip_lora: unknown vision position {position!r} (known: {', '.join(table)}).")
+            raise OodbenchError(f"clip_lora: position {position!r} is not in CLIP-LoRA's {backbone} table "
+                                f"(it has: {', '.join(table)}).")
         blocks += [f"visual.transformer.resblocks.{i}." for i in range(n) if i in table[position]]
-    if encoder not in ("text", "vision", "both"):
-        raise OodbenchError(f"clip_lora: metadata encoder {encoder!r} is not text, vision or both.")
     return blocks
 
 
-@register_adapter("clip_lora")
+def _clip_lora_layout(base: dict[str, torch.Tensor], encoder: str, position: str,
+                      n_layers: int) -> tuple[list[str], str]:
+    """The blocks the file's ``n_layers`` LoRA layers belong to: current table, else the legacy one."""
+    try:
+        blocks, unknown = clip_lora_blocks(base, encoder, position), None
+    except OodbenchError as exc:  # e.g. "bottom": only in ViT-L/14's legacy table
+        blocks, unknown = [], exc
+    if unknown is None and len(blocks) == n_layers:
+        return blocks, ""
+    if _n_blocks(base, "visual.transformer.resblocks.") == 24 and encoder != "text":
+        try:
+            old = clip_lora_blocks(base, encoder, position, legacy=True)
+        except OodbenchError:
+            old = []
+        if len(old) == n_layers:
+            return old, "ViT-L/14 layer table of CLIP-LoRA before commit e6bf706 (2024-09)"
+    if unknown is not None:
+        raise unknown
+    n_text = _n_blocks(base, "transformer.resblocks.")
+    n_vis = _n_blocks(base, "visual.transformer.resblocks.")
+    raise OodbenchError(
+        f"clip_lora: the file has {n_layers} LoRA layers, but CLIP-LoRA's tables give {len(blocks)} for "
+        f"encoder={encoder!r}, position={position!r} on this model ({n_text} text and {n_vis} vision blocks): "
+        "the file was written for another backbone (pass its --model) or by a CLIP-LoRA version whose "
+        "position table oodbench does not know."
+    )
+
+
+@register_adapter("clip_lora", needs_base=True)
 def clip_lora_adapter(obj: Any, base: dict[str, torch.Tensor] | None = None) -> Adapted:
     """CLIP-LoRA ``save_lora`` files: ``{'weights': {'layer_i': {...}}, 'metadata': {r, alpha, ...}}``.
 
@@ -263,13 +298,8 @@ def clip_lora_adapter(obj: Any, base: dict[str, torch.Tensor] | None = None) -> 
         raise OodbenchError("clip_lora: metadata must give r and alpha.") from None
     scale = float(meta["scaling"]) if "scaling" in meta else alpha / math.sqrt(r)
     encoder, position = str(meta.get("encoder", "both")), str(meta.get("position", "all"))
-    blocks = clip_lora_blocks(base, encoder, position)
     layer_keys = sorted((k for k in weights if re.fullmatch(r"layer_\d+", k)), key=lambda k: int(k[6:]))
-    if len(layer_keys) != len(blocks):
-        raise OodbenchError(
-            f"clip_lora: the file has {len(layer_keys)} LoRA layers but encoder={encoder!r}, position={position!r} "
-            f"select {len(blocks)} attention blocks of this model: check --model."
-        )
+    blocks, layout = _clip_lora_layout(base, encoder, position, len(layer_keys))
     merger = _Merger(base, "clip_lora")
     n = 0
     for i, prefix in enumerate(blocks):
@@ -282,7 +312,8 @@ def clip_lora_adapter(obj: Any, base: dict[str, torch.Tensor] | None = None) -> 
             n += 1
     return Adapted(
         merger.result(), format="clip_lora",
-        notes=[f"merged {n} LoRA pairs over {len(blocks)} blocks (alpha/sqrt(r) = {scale:g})"],
+        notes=[f"merged {n} LoRA pairs over {len(blocks)} blocks (alpha/sqrt(r) = {scale:g})"]
+        + ([f"layers placed by the {layout}"] if layout else []),
         meta={"r": r, "alpha": alpha, "encoder": encoder, "position": position, "params": meta.get("params")},
         quick_gelu=True, quick_gelu_reason="CLIP-LoRA fine-tunes OpenAI CLIP (its bundled `clip` package)",
     )
