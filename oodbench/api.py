@@ -55,6 +55,7 @@ def extract(model: str | None = None, pretrained: str | None = None, *, benchmar
     from .extract import (
         ExtractOptions,
         extract_dataset,
+        extraction_summary,
         write_context_bank,
         write_model_info,
         write_negative_banks,
@@ -109,8 +110,9 @@ def extract(model: str | None = None, pretrained: str | None = None, *, benchmar
             write_text_bank(bundle, st, f"{bench.name}-outliers", load_corpus(str(outliers)), class_templates,
                             options.device)
     info(f"model {bundle.key} ({bundle.fingerprint[:12]}) -> {st.model_dir(bundle.key)}")
-    for d, src in sources.items():
-        extract_dataset(bundle, src, st.features_path(bundle.key, d), options, d)
+    paths = {d: extract_dataset(bundle, src, st.features_path(bundle.key, d), options, d) for d, src in sources.items()}
+    if rank == 0:
+        extraction_summary(paths, sources)
     return bundle.key
 
 
