@@ -184,6 +184,9 @@ def score(methods: list[str] | str = SPINE_METHODS, *, benchmark: str = DEFAULT_
     st = Store(store or default_store())
     ref_key = resolve_model_key(st, reference) if reference else None
     keys = [resolve_model_key(st, model_key)] if model_key else models_to_score(st, bench, exclude=ref_key)
+    for key in keys:  # new scores merge into each scores file: refuse a damaged one before any work
+        if st.scores_path(key, bench.name).exists():
+            load_records(st.scores_path(key, bench.name))
     records: list[ScoreRecord] = []
     for key in keys:
         records += _score_model(st, key, bench, methods, params, head, head_templates, tune, ref_key)

@@ -121,7 +121,9 @@ def test_unreadable_scores_file_and_not_hdf5(store, tmp_path):
     truncate(scores, 0)
     before = snapshot(root)
     fails(["report", scores], scores, "rerun `oodbench score`")
-    fails(["score", "--store", root, "-m", "msp"], scores, "rerun `oodbench score`")  # merging into it
+    res = run(["score", "--store", root, "-m", "msp"])  # new scores would merge into it
+    assert res.exit_code == 1 and "score ━" not in res.stderr  # refused before scoring, not after
+    fails(["score", "--store", root, "-m", "msp"], scores, "rerun `oodbench score`")
     assert snapshot(root) == before
     notes = tmp_path / "notes.txt"
     notes.write_text("not a scores file\n")
