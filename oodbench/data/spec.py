@@ -145,6 +145,7 @@ def existing_data_dir(reader: SpecReader, data_root: str | Path | None) -> Path:
         source = f" from {url}" if url else ""
         raise OodbenchError(
             f"Data root {root} for dataset {reader.name!r} does not exist: download the images"
-            f"{source} and pass --data-root (or set {DATA_ENV})."
+            f"{source} and pass --data-root (or set {DATA_ENV}); the README's 'Data trees' shows each "
+            "benchmark's layout."
         )
     return root.absolute()
