@@ -26,8 +26,11 @@ def run(args: list[str]):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
-def fails(args: list, *names) -> str:
-    """Run the CLI, assert a clean one-line failure that names each of ``names``; return it."""
+def fails(args: list, *names, alone: bool = True) -> str:
+    """Run the CLI, assert a clean one-line failure that names each of ``names``; return it.
+
+    ``alone``: stderr holds nothing but that line (False where progress came first: extract).
+    """
     res = run(args)
     assert res.exit_code != 0, res.output
     assert isinstance(res.exception, SystemExit), f"uncaught {res.exception!r}"  # no traceback
@@ -36,6 +39,8 @@ def fails(args: list, *names) -> str:
     assert len(errors) == 1, res.stderr
     line = errors[0]
     assert res.stderr.rstrip().endswith(line), res.stderr  # the error is the last thing said
+    if alone:
+        assert res.stderr.strip() == line, res.stderr
     for name in names:
         assert str(name) in line, (name, line)
     return line
@@ -71,7 +76,7 @@ def test_unreadable_feature_file(store, damage):
     for args in (["score", "--store", root, "-m", "msp,knn"],
                  ["inspect", "--store", root],
                  ["extract", "-b", "digits", "--store", root, "--device", "cpu", "--layers", "all", "--local"]):
-        line = fails(args, bad, "rerun `oodbench extract`")
+        line = fails(args, bad, "rerun `oodbench extract`", alone=args[0] != "extract")  # extract: progress first
         assert "not a readable HDF5 file" in line
     assert {k: v for k, v in snapshot(root).items() if "/features/" in k or "/scores/" in k} == \
         {k: v for k, v in before.items() if "/features/" in k or "/scores/" in k}
@@ -306,7 +311,7 @@ def test_dataset_with_no_readable_image_is_an_error(tmp_path):
     p = image_bench(tmp_path, ["a.png", "b.png", "c/d.png", "e.png"])
     store = tmp_path / "s"
     line = fails(extract_args(p, store, "--data-root", tmp_path / "data", "--dataset", "other"),
-                 "'other'", tmp_path / "data" / "imgs", tmp_path / "data" / "imgs" / "a.png")
+                 "'other'", tmp_path / "data" / "imgs", tmp_path / "data" / "imgs" / "a.png", alone=False)
     assert "3 missing, 1 undecodable" in line
     features = list(store.rglob("features/*"))
     assert not [f for f in features if not f.name.endswith(".lock")]  # no file, not even a .partial
