@@ -56,6 +56,7 @@ def extract(model: str | None = None, pretrained: str | None = None, *, benchmar
     from .extract import (
         ExtractOptions,
         extract_dataset,
+        extraction_summary,
         write_context_bank,
         write_model_info,
         write_negative_banks,
@@ -110,8 +111,9 @@ def extract(model: str | None = None, pretrained: str | None = None, *, benchmar
             write_text_bank(bundle, st, f"{bench.name}-outliers", load_corpus(str(outliers)), class_templates,
                             options.device)
     info(f"model {bundle.key} ({bundle.fingerprint[:12]}) -> {st.model_dir(bundle.key)}")
-    for d, src in sources.items():
-        extract_dataset(bundle, src, st.features_path(bundle.key, d), options, d)
+    paths = {d: extract_dataset(bundle, src, st.features_path(bundle.key, d), options, d) for d, src in sources.items()}
+    if rank == 0:
+        extraction_summary(paths, sources)
     return bundle.key
 
 
@@ -183,6 +185,9 @@ def score(methods: list[str] | str = SPINE_METHODS, *, benchmark: str = DEFAULT_
     st = Store(store or default_store())
     ref_key = resolve_model_key(st, reference) if reference else None
     keys = [resolve_model_key(st, model_key)] if model_key else models_to_score(st, bench, exclude=ref_key)
+    for key in keys:  # new scores merge into each scores file: refuse a damaged one before any work
+        if st.scores_path(key, bench.name).exists():
+            load_records(st.scores_path(key, bench.name))
     records: list[ScoreRecord] = []
     for key in keys:
         records += _score_model(st, key, bench, methods, params, head, head_templates, tune, ref_key)

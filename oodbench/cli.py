@@ -166,6 +166,14 @@ def score(
     out.print(api.report(records))
 
 
+def _check_output(path: Path) -> None:
+    """Refuse an ``-o`` path that cannot become a file, before any work is done."""
+    if path.is_dir():
+        raise OodbenchError(f"--output {path} is a directory: give a file name, e.g. {path / 'report.md'}.")
+    if not path.parent.is_dir():
+        raise OodbenchError(f"--output {path}: directory {path.parent} does not exist: create it first.")
+
+
 @app.command()
 @friendly
 def report(
@@ -191,6 +199,8 @@ def report(
     from . import api
 
     fmt_value = "latex" if latex else fmt.value
+    if output:
+        _check_output(output)
     records = api.load_scores(scores, store)
     methods = None if not method else [m for v in method for m in v.split(",")]
     result = api.report(records, fmt=fmt_value, baseline=baseline, ci=ci, n_boot=n_boot, seed=seed,

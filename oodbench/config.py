@@ -35,6 +35,8 @@ PACKAGE_CATALOGUE = Path(__file__).with_name("benchmarks.yaml")
 DEFAULT_BENCHMARK = "digits"
 BENCH_KEYS = {"description", "model", "classes", "templates", "id", "ood", "ood_val", "params", "notes"}
 REQUIRED_BENCH_KEYS = ("classes", "id", "ood")
+CATALOGUE_VERSIONS = (1,)
+CATALOGUE_DATASET_KEYS = ("expected_rows",)  # read by the catalogue itself, not by the source kind
 
 
 @dataclass
@@ -79,22 +81,37 @@ class Catalogue:
 
     def dataset_spec(self, name: str, data_root: str | Path | None = None) -> dict[str, Any]:
         """The dataset's spec with ``${data_root}`` substituted and ``_base_dir`` set."""
-        spec = dict(self.datasets[name])
+        spec = {k: v for k, v in self.datasets[name].items() if k not in CATALOGUE_DATASET_KEYS}
         root = data_root or os.environ.get("OODBENCH_DATA")
         for k, v in spec.items():
             if isinstance(v, str) and "${data_root}" in v:
                 if not root:
                     raise OodbenchError(
-                        f"Dataset {name!r} lives under the data root: pass --data-root DIR or set OODBENCH_DATA."
+                        f"{self.path}: dataset {name!r} lives under the data root: pass --data-root DIR or set "
+                        "OODBENCH_DATA."
                     )
-                spec[k] = v.replace("${data_root}", str(root))
+                # absolute, so that a relative --data-root is not joined again to a base directory
+                spec[k] = v.replace("${data_root}", str(Path(root).expanduser().absolute()))
         spec["_base_dir"] = str(self.path.parent)
         return spec
 
     def source(self, name: str, data_root: str | Path | None = None, download: bool = False):
+        """The dataset's Source; its ``expected_rows`` is the catalogue's count (None if not stated).
+
+        Errors from the entry (bad keys, missing data) name this benchmarks file too.
+        """
         from .data import build_source
 
-        return build_source(self.dataset_spec(name, data_root), name=name, data_root=data_root, download=download)
+        if name not in self.datasets:
+            raise suggest(name, self.datasets, "dataset", where=str(self.path))
+        try:
+            src = build_source(self.dataset_spec(name, data_root), name=name, data_root=data_root,
+                               download=download)
+        except OodbenchError as exc:
+            msg = str(exc)
+            raise (exc if msg.startswith(str(self.path)) else OodbenchError(f"{self.path}: {msg}")) from None
+        src.expected_rows = self.datasets[name].get("expected_rows")
+        return src
 
 
 def _fail(path: Path, where: str, message: str) -> OodbenchError:
@@ -110,6 +127,19 @@ def _names(path: Path, where: str, value: Any, datasets: dict) -> list[str]:
         if v not in datasets:
             raise suggest(v, datasets, "dataset", where=f"{path}: {where}")
     return value
+
+
+def _text_value(path: Path, where: str, value: Any) -> None:
+    """``classes``/``templates``: a set name / ``file:PATH`` string, or a non-empty list of strings."""
+    if isinstance(value, str) and value.strip():
+        return
+    if isinstance(value, list) and value and all(isinstance(v, str) and v.strip() for v in value):
+        return
+    if isinstance(value, list) and value:
+        bad = next(v for v in value if not (isinstance(v, str) and v.strip()))
+        raise _fail(path, where, f"every entry must be a non-empty string (quote numbers), got {bad!r}")
+    raise _fail(path, where, "must be a non-empty list of strings, a named set or file:PATH, got "
+                f"{'an empty list' if value == [] else repr(value)}")
 
 
 def _benchmark(path: Path, name: str, raw: Any, datasets: dict) -> Benchmark:
@@ -130,8 +160,22 @@ def _benchmark(path: Path, name: str, raw: Any, datasets: dict) -> Benchmark:
     ood = raw["ood"]
     if not isinstance(ood, dict) or not ood or set(ood) - {"near", "far"}:
         raise _fail(path, f"{where}.ood", "must map near and/or far to lists of dataset names")
-    groups = {d: g for g, lst in ood.items() for d in _names(path, f"{where}.ood.{g}", lst, datasets)}
+    groups: dict[str, str] = {}
+    for g, lst in ood.items():
+        for d in _names(path, f"{where}.ood.{g}", [] if lst is None else lst, datasets):
+            if d in groups:
+                raise _fail(path, f"{where}.ood", f"dataset {d!r} is listed twice (in {groups[d]} and {g})")
+            groups[d] = g
+    if not groups:
+        raise _fail(path, f"{where}.ood", "lists no dataset: give at least one OoD set under near or far")
+    id_sets = {ids[k]: k for k in ("train", "val", "test") if k in ids}
+    for d in groups:
+        if d in id_sets:
+            raise _fail(path, f"{where}.ood.{groups[d]}", f"dataset {d!r} is also the ID {id_sets[d]} split: "
+                        "an OoD set must be other data than the ID splits")
     base = path.parent
+    _text_value(path, f"{where}.classes", raw["classes"])
+    _text_value(path, f"{where}.templates", raw.get("templates", "single"))
     try:
         classes = resolve_classes(raw["classes"], base)
         templates = resolve_templates(raw.get("templates", "single"), base)
@@ -157,7 +201,11 @@ def load_catalogue(path: str | Path | None = None) -> Catalogue:
     if not path.is_file():
         raise OodbenchError(f"Benchmark file {str(path)!r} does not exist: pass an existing YAML with --benchmarks.")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise OodbenchError(
+            f"{path} is not a text file (byte {exc.start} is not UTF-8): pass a benchmarks YAML with --benchmarks."
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -167,12 +215,18 @@ def load_catalogue(path: str | Path | None = None) -> Catalogue:
     for k in raw:
         if k not in ("datasets", "benchmarks", "version"):
             raise suggest(str(k), ("datasets", "benchmarks", "version"), "top-level key", where=str(path))
+    if "version" in raw and raw["version"] not in CATALOGUE_VERSIONS:
+        raise _fail(path, "version", f"unknown catalogue version {raw['version']!r}; this oodbench reads "
+                    f"version {', '.join(map(str, CATALOGUE_VERSIONS))}")
     datasets = raw.get("datasets") or {}
     if not isinstance(datasets, dict):
         raise _fail(path, "datasets", "must be a mapping of name -> {source: ...}")
     for name, spec in datasets.items():
         if not isinstance(spec, dict) or "source" not in spec:
             raise _fail(path, f"datasets.{name}", "must be a mapping with a 'source' key")
+        rows = spec.get("expected_rows")
+        if rows is not None and (not isinstance(rows, int) or isinstance(rows, bool) or rows < 1):
+            raise _fail(path, f"datasets.{name}.expected_rows", f"must be a positive integer, got {rows!r}")
     benches = raw.get("benchmarks") or {}
     if not isinstance(benches, dict) or not benches:
         raise _fail(path, "benchmarks", "must be a non-empty mapping of benchmark name -> definition")

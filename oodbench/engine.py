@@ -95,9 +95,9 @@ class StoreColumn:
         return self.ff.iter_chunks(self.name, rows)
 
     def part(self, index) -> np.ndarray:
-        import h5py
+        from .store import open_h5
 
-        with h5py.File(self.ff.path, "r") as f:
+        with open_h5(self.ff.path) as f:
             return f[self.name][index]
 
 
@@ -110,10 +110,27 @@ def load_inputs(store: Store, view: ModelView, dataset: str, head: Head, split: 
             f"{ff.path} was extracted with model fingerprint {str(fp)[:12]} but the model in "
             f"{view.key} is {view.fingerprint[:12]}: re-extract it with the same model (oodbench extract --overwrite)."
         )
+    _check_widths(ff, view)
     loaders = {k: StoreColumn(ff, k) for k in FEATURE_KEYS if k in ff.keys}
     extra = {"layer_indices": ff.attrs.get("layer_indices") or [], "file": str(ff.path), "dataset": dataset,
              "sample_fingerprint": ff.attrs.get("sample_fingerprint")}
     return Inputs(split, loaders, head, view.text, view.visual, extra)
+
+
+def _check_widths(ff: FeatureFile, view: ModelView) -> None:
+    """Refuse a feature file whose widths do not fit the model (projection (W, D), text banks D)."""
+    proj = view.visual.proj
+    want = {"image_embeds": proj.shape[1] if proj is not None else None,
+            "penultimate": proj.shape[0] if proj is not None else None}
+    if want["image_embeds"] is None and "classes" in view.text:
+        want["image_embeds"] = view.text["classes"].embeds.shape[-1]
+    for name, width in want.items():
+        shape = ff.shapes.get(name)
+        if width is not None and shape is not None and (len(shape) != 2 or shape[1] != width):
+            raise OodbenchError(
+                f"{ff.path}: {name} has shape {tuple(shape)} but the model {view.key} expects width {width} "
+                "(its projection/text banks): the file comes from another model; delete it and rerun `oodbench extract`."
+            )
 
 
 def attach_reference(store: Store, ref_view: ModelView, views: dict[str, Inputs],

@@ -276,6 +276,10 @@ def extract_dataset(bundle, source, path: Path, options: ExtractOptions, dataset
             writer.open()
             try:
                 _run(net, part, bundle.preprocess, writer, options, dataset, _image_size(net.visual))
+                if world == 1 and len(part) and int(writer.f.attrs["n_rows"]) == 0:
+                    writer.close()
+                    writer.partial.unlink(missing_ok=True)
+                    raise _nothing_readable(part, dataset)
                 writer.finalize()
             finally:
                 writer.close()
@@ -352,7 +356,7 @@ def _run(net, source, preprocess, writer: FeatureWriter, options: ExtractOptions
     )
     amp = options.autocast_dtype()
     store_dtype = torch.float16 if options.dtype == "float16" else torch.float32
-    skipped_total = 0
+    skipped_rows: list[int] = []
     t0, done = time.time(), 0
     with progress() as bar, _BackgroundWriter(writer) as bg:
         task = bar.add_task(f"extract {dataset}", total=len(source), completed=start, rate="")
@@ -370,12 +374,60 @@ def _run(net, source, preprocess, writer: FeatureWriter, options: ExtractOptions
             arrays["labels"] = labels[rows]
             arrays["ids"] = np.array([ids[i] for i in rows], dtype=object)
             skipped = [ids[i] for i in idx.numpy()[~keep]]
-            skipped_total += len(skipped)
+            skipped_rows += idx.numpy()[~keep].tolist()
             bg.put(arrays, int(idx[-1]) + 1, skipped)  # HDF5 writes overlap the next forward pass
             done += len(idx)
             bar.update(task, advance=len(idx), rate=rate_text(done, time.time() - t0))
-    if skipped_total:
-        warn(f"{dataset}: skipped {skipped_total} unreadable image(s); their ids are in 'skipped_ids' of the file.")
+    if skipped_rows:
+        warn(f"{dataset}: {unreadable_summary(source, skipped_rows)}; their ids are in 'skipped_ids' of the file.")
+
+
+def _missing(source, i: int) -> bool:
+    path = source.file(i)
+    return path is not None and not Path(path).exists()
+
+
+def unreadable_summary(source, rows: list[int], show: int = 3) -> str:
+    """'skipped K of N image(s): M missing, C corrupt (first: ...)' for the skipped sample indices."""
+    missing = [i for i in rows if _missing(source, i)]
+    gone = set(missing)
+    corrupt = [i for i in rows if i not in gone]
+    parts = []
+    for what, idx in (("missing", missing), ("corrupt or not an image", corrupt)):
+        if idx:
+            names = ", ".join(str(source.file(i) or source.ids()[i]) for i in idx[:show])
+            parts.append(f"{len(idx)} {what} (first: {names}{', ...' if len(idx) > show else ''})")
+    return f"skipped {len(rows)} of {len(source)} image(s): " + "; ".join(parts)
+
+
+def _nothing_readable(source, dataset: str) -> OodbenchError:
+    """No image of the dataset could be read: the error names where it looked and what it tried."""
+    where = getattr(source, "root", None)
+    tried = ", ".join(str(source.file(i) or source.ids()[i]) for i in range(min(3, len(source))))
+    n_missing = sum(_missing(source, i) for i in range(len(source)))
+    return OodbenchError(
+        f"Dataset {dataset!r}: none of its {len(source)} images could be read ({n_missing} missing, "
+        f"{len(source) - n_missing} undecodable){f' under {where}' if where else ''}; tried {tried}: check "
+        "--data-root and the dataset's root in the benchmarks file (nothing was written)."
+    )
+
+
+def extraction_summary(paths: dict[str, Path], sources: dict) -> list[str]:
+    """Warnings for the extracted files of one run: unreadable images (loud when most of a set is
+    unreadable) and row counts that differ from the catalogue's ``expected_rows``. Returns them."""
+    notes = []
+    for d, path in paths.items():
+        a = FeatureFile(path).attrs
+        rows, total, expected = int(a.get("n_rows", 0)), int(a.get("n_total", 0)), sources[d].expected_rows
+        if total and rows < total:
+            loud = "MOST IMAGES UNREADABLE: " if rows * 2 < total else ""
+            notes.append(f"{loud}{d}: only {rows:,} of {total:,} images were readable ({path}).")
+        if expected is not None and rows != expected:
+            notes.append(f"{d}: {rows:,} rows extracted, the benchmarks file expects {expected:,} (the list has "
+                         f"{total:,} entries): a sample or another version of the data, or unreadable images.")
+    for note in notes:
+        warn(note)
+    return notes
 
 
 def write_model_info(bundle, store: Store) -> Path:
@@ -420,7 +472,11 @@ def write_text_bank(bundle, store: Store, bank: str, names: list[str], templates
     if path.exists():
         from .store import read_h5
 
-        _, attrs = read_h5(path)
+        try:
+            _, attrs = read_h5(path)
+        except OodbenchError:  # a damaged bank is a cache: embed it again
+            warn(f"text bank {path} is unreadable (empty, truncated or damaged): writing it again.")
+            attrs = {}
         if attrs.get("names") == list(names) and attrs.get("templates") == stored_templates:
             return path
     emb = encode_text_bank(bundle.model, bundle.tokenizer, names, templates, device=device, label=f"text {bank}")

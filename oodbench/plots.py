@@ -103,18 +103,48 @@ def _grid(n: int, width: float = 3.6, height: float = 2.8) -> tuple[Figure, list
     return fig, list(axes[:n])
 
 
+def _plot_axis(scores: np.ndarray) -> tuple[float, float]:
+    """(centre, scale) so that (s - centre) / scale is drawable; (0, 1) for ordinary scores.
+
+    Scores of huge magnitude (> 1e100) or a spread below float64 resolution at their magnitude
+    (e.g. a constant 1e308) cannot be binned or ticked as they are; they are drawn shifted by
+    their median and divided by their largest deviation (halved first, so nothing overflows).
+    """
+    finite = scores[np.isfinite(scores)]
+    if not finite.size:
+        return 0.0, 1.0
+    lo, hi = float(finite.min()), float(finite.max())
+    mag = max(abs(lo), abs(hi))
+    if mag < 1e100 and hi - lo > 1e-9 * mag:
+        return 0.0, 1.0
+    centre = float(np.partition(finite, finite.size // 2)[finite.size // 2])  # a median without averaging (no overflow)
+    half = float(np.abs(finite / 2 - centre / 2).max())
+    return centre, (2 * half if 0 < half < 1e300 else 1.0)
+
+
+def _scaled(values: np.ndarray, centre: float, scale: float) -> np.ndarray:
+    if (centre, scale) == (0.0, 1.0):
+        return values
+    with np.errstate(over="ignore", invalid="ignore"):
+        return (values / 2 - centre / 2) / (scale / 2)
+
+
 def _histograms(rec: ScoreRecord, label: str) -> Figure:
     names = list(rec.ood_scores)
     fig, axes = _grid(len(names))
     for ax, name in zip(axes, names, strict=True):
         ood = np.asarray(rec.ood_scores[name], dtype=np.float64)
-        both = np.concatenate([rec.id_scores, ood])
+        ids = np.asarray(rec.id_scores, dtype=np.float64)
+        centre, scale = _plot_axis(np.concatenate([ids, ood]))
+        ids, ood = _scaled(ids, centre, scale), _scaled(ood, centre, scale)
+        both = np.concatenate([ids, ood])
         bins = np.histogram_bin_edges(both[np.isfinite(both)], bins=50)
         kw = {"bins": bins, "density": True, "alpha": 0.55, "histtype": "stepfilled"}  # 1 patch
-        ax.hist(rec.id_scores, label="ID test", **kw)
+        ax.hist(ids, label="ID test", **kw)
         ax.hist(ood, label=f"{name} ({rec.groups.get(name, '?')})", **kw)
         ax.set_title(name, fontsize=9)
-        ax.set_xlabel("score (higher = more ID)", fontsize=8)
+        shifted = "" if (centre, scale) == (0.0, 1.0) else f" − {centre:.6g}" + (f", ÷ {scale:.3g}" if scale != 1 else "")
+        ax.set_xlabel(f"score{shifted} (higher = more ID)", fontsize=8)
         ax.legend(fontsize=7)
     fig.suptitle(f"{rec.benchmark} · {rec.model} · {label}", fontsize=10)
     return fig

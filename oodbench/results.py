@@ -65,13 +65,13 @@ def save_records(path, records: list[ScoreRecord], meta: dict[str, Any]) -> None
 
     import h5py
 
-    from .store import _attr, write_h5_atomic
+    from .store import _attr, open_h5, write_h5_atomic
 
     path = Path(path)
     arrays: dict[str, np.ndarray] = {}
     group_attrs: dict[str, dict[str, Any]] = {}
     if path.exists():
-        with h5py.File(path, "r") as f:
+        with open_h5(path) as f:
             for g in f:
                 if g not in {_group_name(r.label) for r in records}:
                     f[g].visititems(lambda n, o, g=g: arrays.__setitem__(f"{g}/{n}", o[()]) if isinstance(o, h5py.Dataset) else None)
@@ -93,20 +93,20 @@ def load_records(path) -> list[ScoreRecord]:
     """Every method's ScoreRecord from one scores file."""
     from pathlib import Path
 
-    import h5py
-
     from .errors import OodbenchError
-    from .store import check_version, read_attrs
+    from .store import check_version, open_h5, read_attrs
 
     path = Path(path)
     if not path.exists():
         raise OodbenchError(f"Scores file {path} does not exist: run `oodbench score` first.")
     out = []
-    with h5py.File(path, "r") as f:
+    fix = ("delete it and rerun `oodbench score`" if path.parent.name == "scores"
+           else "pass a scores file written by `oodbench score` (<store>/<model>/scores/<benchmark>.h5)")
+    with open_h5(path, fix=fix) as f:
         meta = read_attrs(f)
-        check_version(path, meta)
         if meta.get("kind") != "scores":
-            raise OodbenchError(f"{path} is not an oodbench scores file (kind={meta.get('kind')!r}).")
+            raise OodbenchError(f"{path} is not an oodbench scores file (kind={meta.get('kind')!r}): {fix}.")
+        check_version(path, meta)
         for g in f:
             a = read_attrs(f[g])
             ood = {n: f[g]["ood"][n][()] for n in f[g]["ood"]} if "ood" in f[g] else {}

@@ -19,6 +19,7 @@ import datetime as _dt
 import fcntl
 import json
 import os
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,50 @@ def check_version(path: Path, attrs: Mapping[str, Any]) -> None:
         )
 
 
+def _redo_hint(path: Path) -> str:
+    """What to do about a damaged store file, from where it lives in the store."""
+    if path.parent.name == "scores":
+        return "delete it and rerun `oodbench score`"
+    if path.parent.name in ("features", "text") or path.name == "model.h5":
+        return "delete it and rerun `oodbench extract`"
+    return "pass a file written by oodbench (extract/score), or delete it and write it again"
+
+
+def unreadable(path: Path, error: BaseException | str, fix: str | None = None) -> OodbenchError:
+    """The one-line error for an HDF5 file that cannot be read (empty, truncated, not HDF5)."""
+    reason = str(error).strip()
+    inner = re.findall(r"\(([^()]*)\)", reason)  # h5py: "Unable to ... (file signature not found)"
+    reason = inner[-1] if inner else reason.splitlines()[0] if reason else type(error).__name__
+    return OodbenchError(
+        f"{path} is not a readable HDF5 file ({reason}): it is empty, truncated or damaged; "
+        f"{fix or _redo_hint(Path(path))}."
+    )
+
+
+@contextlib.contextmanager
+def open_h5(path: str | Path, mode: str = "r", fix: str | None = None) -> Iterator[h5py.File]:
+    """``h5py.File(path, mode)`` whose read failures become one OodbenchError naming the file.
+
+    Failures to open (not HDF5, empty, truncated) and failures while reading inside the block
+    (a damaged dataset, a missing member) are reported with ``fix`` (default: what to rerun,
+    from where the file lives in the store).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OodbenchError(f"{path} is a directory, not an HDF5 file: {fix or _redo_hint(path)}.")
+    try:
+        f = h5py.File(path, mode)
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, FileNotFoundError) or not path.exists():
+            raise OodbenchError(f"{path} does not exist: {fix or _redo_hint(path)}.") from None
+        raise unreadable(path, exc, fix) from None
+    try:
+        with f:
+            yield f
+    except (OSError, KeyError) as exc:
+        raise unreadable(path, exc, fix) from None
+
+
 @contextlib.contextmanager
 def exclusive(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``<path>.lock``; refuse at once if someone else holds it."""
@@ -98,6 +143,10 @@ class Store:
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise OodbenchError(
+                f"Store {self.root} is a file, not a directory: pass --store DIR (a new or existing store directory)."
+            )
 
     def model_dir(self, key: str) -> Path:
         return self.root / key
@@ -130,7 +179,20 @@ class Store:
             raise OodbenchError(
                 f"No run recorded in {self.root}: run `oodbench run` or `oodbench score` first, or pass score files."
             )
-        return json.loads(p.read_text())
+        try:
+            payload = json.loads(p.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise OodbenchError(
+                f"{p} is not valid JSON ({exc.__class__.__name__}: {str(exc).splitlines()[0][:80]}): delete it "
+                "and rerun `oodbench score`, or pass score files to `oodbench report`."
+            ) from None
+        scores = payload.get("scores") if isinstance(payload, dict) else None
+        if not (isinstance(scores, list) and scores and all(isinstance(s, str) for s in scores)):
+            raise OodbenchError(
+                f"{p} does not hold a 'scores' list of score files: delete it and rerun `oodbench score`, "
+                "or pass score files to `oodbench report`."
+            )
+        return payload
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
@@ -169,7 +231,7 @@ def read_h5(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     if not path.exists():
         raise OodbenchError(f"{path} does not exist: run `oodbench extract` for this model first.")
     arrays: dict[str, np.ndarray] = {}
-    with h5py.File(path, "r") as f:
+    with open_h5(path) as f:
         attrs = read_attrs(f)
         check_version(path, attrs)
 
@@ -298,13 +360,25 @@ class FeatureFile:
             partial = self.path.with_name(self.path.name + ".partial")
             hint = " (an unfinished extract exists: rerun `oodbench extract` to resume it)" if partial.exists() else ""
             raise OodbenchError(f"Feature file {self.path} does not exist{hint}.")
-        with h5py.File(self.path, "r") as f:
+        with open_h5(self.path) as f:
             self.attrs = read_attrs(f)
             self.keys = self._dataset_names(f)
             self.shapes = {k: f[k].shape for k in self.keys}
         check_version(self.path, self.attrs)
         if not self.attrs.get("complete"):
             raise OodbenchError(f"{self.path} is not marked complete: rerun `oodbench extract` to finish it.")
+        self._check_rows()
+
+    def _check_rows(self) -> None:
+        """Every per-sample dataset must have ``n_rows`` rows (row i is one image everywhere)."""
+        n = self.attrs.get("n_rows")
+        for k in self.keys:
+            if k != "skipped_ids" and (not self.shapes[k] or self.shapes[k][0] != n):
+                rows = self.shapes[k][0] if self.shapes[k] else "no"
+                raise OodbenchError(
+                    f"{self.path} is inconsistent: dataset {k!r} has {rows} rows but the file records "
+                    f"n_rows={n}; delete it and rerun `oodbench extract`."
+                )
 
     @staticmethod
     def _dataset_names(f: h5py.File) -> list[str]:
@@ -316,7 +390,7 @@ class FeatureFile:
         return int(self.attrs["n_rows"])
 
     def load(self, name: str, rows: slice | np.ndarray | None = None) -> np.ndarray:
-        with h5py.File(self.path, "r") as f:
+        with open_h5(self.path) as f:
             ds = f[name]
             arr = ds[()] if rows is None else ds[rows]
             if ds.dtype.kind == "O":
@@ -325,7 +399,7 @@ class FeatureFile:
 
     def iter_chunks(self, name: str, rows: int = 65536) -> Iterator[np.ndarray]:
         """Yield ``name`` in row blocks (memory-bounded reads of big train banks)."""
-        with h5py.File(self.path, "r") as f:
+        with open_h5(self.path) as f:
             ds = f[name]
             for s in range(0, ds.shape[0], rows):
                 yield ds[s : s + rows]

@@ -64,7 +64,11 @@ TEMPLATE_SETS = {
 def _read_lines(path: Path, what: str) -> list[str]:
     if not path.is_file():
         raise OodbenchError(f"{what} file {str(path)!r} does not exist: give a text file with one entry per line.")
-    lines = [ln.strip() for ln in path.read_text().splitlines()]
+    try:
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    except UnicodeDecodeError as exc:
+        raise OodbenchError(f"{what} file {str(path)!r} is not UTF-8 text (byte {exc.start}): give a text file "
+                            "with one entry per line.") from None
     lines = [ln for ln in lines if ln and not ln.startswith("#")]
     if not lines:
         raise OodbenchError(f"{what} file {str(path)!r} is empty.")

@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 
 from .errors import OodbenchError
-from .store import READABLE_VERSIONS, Store, read_attrs
+from .store import READABLE_VERSIONS, Store, open_h5, read_attrs
 
 
 @dataclass
@@ -21,7 +21,7 @@ class Finding:
 
 def _check_features(path: Path, fingerprint: str | None, embed_dim: int | None) -> list[str]:
     problems = []
-    with h5py.File(path, "r") as f:
+    with open_h5(path) as f:
         a = read_attrs(f)
         if a.get("format_version") not in READABLE_VERSIONS:
             return [f"format version {a.get('format_version')!r} not readable"]
@@ -53,6 +53,28 @@ def _check_features(path: Path, fingerprint: str | None, embed_dim: int | None) 
     return problems
 
 
+def _check_text(path: Path, fingerprint: str | None) -> Finding:
+    try:
+        with open_h5(path) as f:
+            ta = read_attrs(f)
+            e = f["embeds"]
+            ok = ta.get("fingerprint") == fingerprint and e.shape[:2] == (len(ta["templates"]), len(ta["names"]))
+            ok = ok and bool(np.isfinite(e[()]).all())
+    except OodbenchError as exc:
+        return Finding(path, False, str(exc))
+    return Finding(path, ok, f"text bank {e.shape}" if ok else "text bank inconsistent")
+
+
+def _check_scores(path: Path) -> Finding:
+    from .results import load_records
+
+    try:
+        records = load_records(path)
+    except OodbenchError as exc:
+        return Finding(path, False, str(exc))
+    return Finding(path, True, f"scores of {len(records)} method(s)")
+
+
 def verify_store(root: str | Path) -> list[Finding]:
     """One finding per file (model, text, features, scores) and per unfinished leftover."""
     st = Store(root)
@@ -60,21 +82,25 @@ def verify_store(root: str | Path) -> list[Finding]:
         raise OodbenchError(f"Store {st.root} does not exist.")
     out: list[Finding] = []
     for key in st.model_keys():
-        with h5py.File(st.model_path(key), "r") as f:
-            ma = read_attrs(f)
-            proj = f["visual/proj"].shape[1] if "visual/proj" in f else None
-        fp = ma.get("fingerprint")
-        out.append(Finding(st.model_path(key), bool(ma.get("complete")), "model " + str(fp)[:12]))
+        fp = proj = None
+        try:
+            with open_h5(st.model_path(key)) as f:
+                ma = read_attrs(f)
+                proj = f["visual/proj"].shape[1] if "visual/proj" in f else None
+            fp = ma.get("fingerprint")
+            out.append(Finding(st.model_path(key), bool(ma.get("complete")), "model " + str(fp)[:12]))
+        except OodbenchError as exc:
+            out.append(Finding(st.model_path(key), False, str(exc)))
         for p in sorted((st.model_dir(key) / "text").glob("*.h5")):
-            with h5py.File(p, "r") as f:
-                ta = read_attrs(f)
-                e = f["embeds"]
-                ok = ta.get("fingerprint") == fp and e.shape[:2] == (len(ta["templates"]), len(ta["names"]))
-                ok = ok and bool(np.isfinite(e[()]).all())
-            out.append(Finding(p, ok, f"text bank {e.shape}" if ok else "text bank inconsistent"))
+            out.append(_check_text(p, fp))
         for p in sorted((st.model_dir(key) / "features").glob("*.h5")):
-            problems = _check_features(p, fp, proj)
+            try:
+                problems = _check_features(p, fp, proj)
+            except OodbenchError as exc:
+                problems = [str(exc)]
             out.append(Finding(p, not problems, "; ".join(problems) or "ok"))
+        for p in sorted((st.model_dir(key) / "scores").glob("*.h5")):
+            out.append(_check_scores(p))
     for p in sorted(st.root.rglob("*.partial")):
         out.append(Finding(p, False, "unfinished write: rerun `oodbench extract` to resume it, or delete it"))
     return out

@@ -34,6 +34,7 @@ class Source(ABC):
     """
 
     kind: str = ""
+    expected_rows: int | None = None  # the catalogue's stated count (benchmarks.yaml expected_rows)
 
     def __init__(self, name: str) -> None:
         self.name = name

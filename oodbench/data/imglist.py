@@ -37,6 +37,13 @@ def read_image_list(path: str | Path, dataset: str = "") -> tuple[list[str], np.
                     labels.append(label)
     except FileNotFoundError:
         raise OodbenchError(f"Image list {path} for dataset {dataset!r} does not exist.") from None
+    except IsADirectoryError:
+        raise OodbenchError(f"Image list {path} for dataset {dataset!r} is a directory: give the list file.") from None
+    except UnicodeDecodeError as exc:
+        raise OodbenchError(
+            f"Image list {path} for dataset {dataset!r} is not UTF-8 text (byte {exc.start}): give a text file "
+            "of 'relative/path label' lines."
+        ) from None
     if not paths:
         raise OodbenchError(f"Image list {path} for dataset {dataset!r} lists no images.")
     return paths, np.asarray(labels, dtype=np.int64)

@@ -105,8 +105,9 @@ class SpecReader:
 
     def _expand(self, key: str, value: str, data_root: str | Path | None) -> str:
         env = dict(os.environ)
-        if data_root is not None:
-            env[DATA_ENV] = str(data_root)
+        root = effective_data_root(data_root)
+        if root is not None:
+            env[DATA_ENV] = str(root)
 
         def substitute(match: re.Match[str]) -> str:
             var = match.group(1) or match.group(2)
@@ -119,9 +120,11 @@ class SpecReader:
 
 
 def effective_data_root(data_root: str | Path | None) -> Path | None:
-    """The data root in force: the argument (--data-root), else $OODBENCH_DATA, else None."""
+    """The data root in force, as an absolute path: the argument (--data-root), else
+    $OODBENCH_DATA, else None. Absolute so that a path already under the data root is not
+    joined to it a second time."""
     value = data_root if data_root is not None else os.environ.get(DATA_ENV)
-    return Path(value).expanduser() if value else None
+    return Path(value).expanduser().absolute() if value else None
 
 
 def existing_data_dir(reader: SpecReader, data_root: str | Path | None) -> Path:
@@ -142,6 +145,7 @@ def existing_data_dir(reader: SpecReader, data_root: str | Path | None) -> Path:
         source = f" from {url}" if url else ""
         raise OodbenchError(
             f"Data root {root} for dataset {reader.name!r} does not exist: download the images"
-            f"{source} and pass --data-root (or set {DATA_ENV})."
+            f"{source} and pass --data-root (or set {DATA_ENV}); the README's 'Data trees' shows each "
+            "benchmark's layout."
         )
     return root.absolute()

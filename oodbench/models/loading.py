@@ -364,6 +364,16 @@ def check_device(device: str) -> str:
     """Resolve ``auto`` to cuda when available; refuse cuda when it is not."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError, ValueError):
+        kind = None
+    if kind not in ("cpu", "cuda"):
+        raise OodbenchError(f"--device {device!r} is not a device oodbench runs on: use auto, cpu, cuda or cuda:N.")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise OodbenchError("--device cuda was asked for but no CUDA GPU is visible: use --device cpu.")
+    index = torch.device(device).index
+    if kind == "cuda" and index is not None and index >= torch.cuda.device_count():
+        raise OodbenchError(f"--device {device}: only {torch.cuda.device_count()} CUDA GPU(s) are visible "
+                            f"(cuda:0..cuda:{torch.cuda.device_count() - 1}).")
     return device
