@@ -279,14 +279,15 @@ def inspect_cmd(
 
 @app.command()
 @friendly
-def verify(store: Annotated[Path | None, typer.Argument(help="Store root (default ./oodbench_store).")] = None) -> None:
-    """Check every file: complete, fingerprints consistent, no NaN/inf, shapes as declared."""
+def verify(store: Annotated[Path | None, typer.Argument(help="Store root (default ./oodbench_store).")] = None,
+           benchmarks: Benches = None) -> None:
+    """Check every file: complete, fingerprints consistent, no NaN/inf, shapes as declared, not stale."""
     from rich.table import Table
 
     from .paths import default_store
     from .verify import verify_store
 
-    findings = verify_store(store or default_store())
+    findings = verify_store(store or default_store(), benchmarks)
     t = Table(title="oodbench verify")
     for c in ("file", "status", "details"):
         t.add_column(c, overflow="fold")
