@@ -205,3 +205,15 @@ def test_unsafe_names_refused_when_the_catalogue_is_read(tmp_path, section, name
 def test_shipped_catalogue_passes_the_name_check():
     cat = load_catalogue()
     assert "digits-5to9" in cat.datasets and "imagenet-openood-v1.5" in cat.benchmarks
+
+
+def test_image_list_fast_fingerprint_equals_the_source_definition(tmp_path):
+    from oodbench.data.base import Source
+    from oodbench.data.imglist import ImageListSource
+
+    ids = ['plain/a.png', 'sp ace/b c.jpg', 'quo"te\\back.png', 'ünï/cödé.png', 'tab\tin.png', 'x' * 300]
+    (tmp_path / "l.txt").write_text("".join(f"{p} {i}\n" for i, p in enumerate(ids)), encoding="utf-8")
+    for ood in (False, True):
+        src = ImageListSource("l", tmp_path / "l.txt", ".", ood=ood)
+        assert src.ids() == ids
+        assert src.fingerprint() == Source.fingerprint(src)
