@@ -15,6 +15,8 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
+from .errors import OodbenchError
+
 
 def temp_name(path: Path, suffix: str = ".tmp") -> Path:
     """A temporary sibling of ``path`` unique to this process and call."""
@@ -40,11 +42,21 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
 
 
 def atomic_write(path: str | Path, data: str | bytes, encoding: str = "utf-8") -> Path:
-    """Write ``data`` (text or bytes) to ``path`` atomically; returns ``path``."""
+    """Write ``data`` (text or bytes) to ``path`` atomically; returns ``path``.
+
+    Raises:
+        OodbenchError: the file cannot be written there (missing directory, a directory of that
+            name, no permission, disk full); the previous file, if any, is unchanged.
+    """
     path = Path(path)
     raw = data.encode(encoding) if isinstance(data, str) else data
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        fh.write(raw)
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            fh.write(raw)
+    except OSError as exc:
+        raise OodbenchError(
+            f"Cannot write {path}: {exc.strerror or exc}: check that its directory exists and is writable."
+        ) from None
     return path
 
 
