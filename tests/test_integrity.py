@@ -2,8 +2,10 @@
 ranges and names checked when the catalogue is read, no lock files left behind."""
 
 import shutil
+from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -217,3 +219,64 @@ def test_image_list_fast_fingerprint_equals_the_source_definition(tmp_path):
         src = ImageListSource("l", tmp_path / "l.txt", ".", ood=ood)
         assert src.ids() == ids
         assert src.fingerprint() == Source.fingerprint(src)
+
+
+# --- fit cache and last_run.json ---------------------------------------------------------------
+
+
+def test_fit_cache_hits_across_runs_that_rewrite_model_h5(digits_store, tmp_path):
+    """`oodbench run` rewrites model.h5 every time (same content): its fits must still hit."""
+    from oodbench import fitcache
+    from oodbench.extract import ExtractOptions
+
+    store, key = _copy(digits_store, tmp_path)
+    model = Store(store).model_path(key)
+    folder = fitcache.cache_dir(Store(store).scores_path(key, "digits"))
+    opts = dict(layers="all", local=True, device="cpu")  # the fixture's extraction: features cached
+    first = {r.method: r for r in api.run(methods=["mahalanobis", "vim"], store=store,
+                                          options=ExtractOptions(**opts))}
+    created, n_fits = h5py.File(model, "r").attrs["created"], len(list(folder.glob("*.h5")))
+    import time
+
+    time.sleep(1.1)  # `created` has one-second resolution
+    second = {r.method: r for r in api.run(methods=["mahalanobis", "vim"], store=store,
+                                           options=ExtractOptions(**opts))}
+    assert h5py.File(model, "r").attrs["created"] != created  # model.h5 was rewritten
+    assert {m: r.provenance["fit_cache"] for m, r in second.items()} == {"mahalanobis": "hit", "vim": "hit"}
+    assert len(list(folder.glob("*.h5"))) == n_fits
+    for m in first:
+        np.testing.assert_array_equal(first[m].id_scores, second[m].id_scores)
+
+
+def test_fit_cache_is_bounded_least_recently_used_first(digits_store, tmp_path, monkeypatch):
+    from oodbench import fitcache
+
+    store, key = _copy(digits_store, tmp_path)
+    folder = fitcache.cache_dir(Store(store).scores_path(key, "digits"))
+    monkeypatch.setenv("OODBENCH_FIT_CACHE_FILES", "3")
+
+    def knn(k):
+        (r,) = api.score(["knn"], store=store, params=[f"knn.k={k}"])
+        return r.provenance["fit_cache"], Path(r.provenance["fit_file"]).name
+
+    _, f1 = knn(1)
+    for k in (2, 3):
+        knn(k)
+    assert len(list(folder.glob("*.h5"))) == 3  # the fixture's fits were the least recently used
+    assert knn(1) == ("hit", f1)  # k=1 is now the most recently used ...
+    knn(4)
+    knn(5)
+    names = {p.name for p in folder.glob("*.h5")}
+    assert len(names) == 3 and f1 in names  # ... so k=2 and k=3 went first
+
+
+def test_last_run_is_found_from_another_directory(digits_store, tmp_path, monkeypatch):
+    store, key = _copy(digits_store, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    api.score(["msp"], store="store")  # a relative --store, as typed
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    monkeypatch.chdir(other)
+    res = CliRunner().invoke(app, ["report", "--store", str(store), "-f", "csv"])
+    assert res.exit_code == 0, res.output
+    assert "msp" in res.output
