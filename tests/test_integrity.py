@@ -101,11 +101,19 @@ def test_changed_image_list_is_stale_without_the_data_root(tmp_path):
 # --- extract --overwrite ---------------------------------------------------------------------
 
 
-@pytest.fixture()
-def one_split(tmp_path, _cache):
-    store = tmp_path / "s"
+@pytest.fixture(scope="module")
+def _one_split(tmp_path_factory, _cache):
+    store = tmp_path_factory.mktemp("one") / "s"
     key = api.extract(benchmark="digits", store=store, datasets=[NEAR], device="cpu")
-    return store, Store(store).features_path(key, NEAR)
+    return store, key
+
+
+@pytest.fixture()
+def one_split(_one_split, tmp_path):
+    """A store holding only digits-5to9 (a fresh copy per test)."""
+    store = tmp_path / "s"
+    shutil.copytree(_one_split[0], store)
+    return store, Store(store).features_path(_one_split[1], NEAR)
 
 
 def _extract(store, **kw):
@@ -157,6 +165,7 @@ def test_overwrite_starts_over_instead_of_resuming(one_split):
     with h5py.File(partial, "a") as f:  # looks like a resumable run that stopped at sample 200
         f.attrs.update({"complete": False, "n_processed": 200, "n_rows": 200})
         f["image_embeds"][:200] = 7.0
+    path.unlink()  # only the partial file: a plain rerun would resume it
     _extract(store, overwrite=True)
     assert not (FeatureFile(path).load("image_embeds")[:200] == 7.0).any()
 
