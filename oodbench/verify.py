@@ -7,9 +7,9 @@ and the fingerprint of its sample list (``sample_fingerprint``: sha256 of the or
 (id, label) pairs). It is stale when the catalogue now defines the dataset differently, when
 it was made for another dataset (a file copied under another name), or when the sample list
 the entry gives today differs. The sample list is recomputed only where that needs no image
-and no data root: the generated sources (digits, textures, noise) and image lists whose list
-file is reachable (the list is read, the images are not); for image folders and torchvision
-sets the recorded entry is compared.
+and no data root: the generated sources (digits, shifted digits, textures, noise) and image
+lists whose list file is reachable (the list is read, the images are not); for image folders
+and torchvision sets the recorded entry is compared.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 from .errors import OodbenchError
 from .store import READABLE_VERSIONS, Store, read_attrs
 
-LIST_ONLY_KINDS = ("digits", "textures", "noise")  # sample lists computed in memory
+LIST_ONLY_KINDS = ("digits", "shifted_digits", "textures", "noise")  # sample lists computed in memory
 
 
 @dataclass
