@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -157,3 +158,27 @@ def test_kill_during_plots_leaves_no_torn_figure(store, tmp_path):
         torn = [n for n, b in final.items() if b != reference[n]]
         assert not torn, f"killed mid-write, changed: {torn}"
     assert killed >= 3
+
+
+def test_kill_during_score_keeps_the_previous_scores(store, digits_store, tmp_path):
+    """kill -9 of `score` at random moments (fit, scoring, merge-write): the scores file still
+    loads with every score it held, unchanged."""
+    scores = Store(store).scores_path(digits_store["key"], "digits")
+    args = ["score", "-m", "entropy,gen,tempscale", "--store", store]
+    t0 = time.time()
+    assert CliRunner().invoke(app, [str(a) for a in args]).exit_code == 0
+    duration = time.time() - t0
+    expected = {r.label: r.id_scores for r in load_records(scores)}
+    rng, killed = random.Random(2), 0
+    for _ in range(4):
+        pid = _fork_cli(args, tmp_path / "not-slowed")
+        time.sleep(rng.uniform(0.0, duration))
+        if os.waitpid(pid, os.WNOHANG)[0] == 0:  # still running (else reaped just now)
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            killed += 1
+        got = {r.label: r.id_scores for r in load_records(scores)}
+        assert set(got) == set(expected)
+        for label, s in expected.items():
+            np.testing.assert_array_equal(got[label], s, err_msg=label)
+    assert killed >= 2
