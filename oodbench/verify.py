@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ import numpy as np
 from .errors import OodbenchError
 from .store import READABLE_VERSIONS, Store, read_attrs
 
+SHARD = re.compile(r"\.shard\d+-of-\d+$")  # oodbench.distributed.shard_path
 LIST_ONLY_KINDS = ("digits", "shifted_digits", "textures", "noise")  # sample lists computed in memory
 
 
@@ -138,7 +140,7 @@ def _check_features(path: Path, fingerprint: str | None, embed_dim: int | None, 
         a = read_attrs(f)
         if a.get("format_version") not in READABLE_VERSIONS:
             return [f"format version {a.get('format_version')!r} not readable"]
-        if catalogue is not None:
+        if catalogue is not None and not SHARD.search(path.stem):  # a torchrun shard holds part of a set
             problems += [f"stale ({p}): re-extract with --overwrite" for p in
                          entry_problems(a, path.stem, catalogue, lists)]
         if not a.get("complete"):
