@@ -17,6 +17,7 @@ from .errors import OodbenchError
 from .paths import default_store
 from .results import ScoreRecord, load_records
 from .store import Store
+from .verify import check_split_files
 
 if TYPE_CHECKING:
     from .extract import ExtractOptions
@@ -55,6 +56,7 @@ def extract(model: str | None = None, pretrained: str | None = None, *, benchmar
     """
     from .extract import (
         ExtractOptions,
+        check_labels,
         extract_dataset,
         extraction_summary,
         write_context_bank,
@@ -87,6 +89,8 @@ def extract(model: str | None = None, pretrained: str | None = None, *, benchmar
     if unknown:
         raise OodbenchError(f"Dataset {unknown[0]!r} is not part of benchmark {benchmark!r}: choose from {', '.join(bench.splits())}.")
     sources = {d: cat.source(d, data_root, download) for d in names}  # validate data before the model
+    for d in {bench.id_train, bench.id_val, bench.id_test} & set(sources):
+        check_labels(sources[d], len(bench.classes), bench.name)
     bundle = load_model(model, pretrained, ckpt, ckpt_format, device=options.device, trust_pickle=trust_pickle,
                         wise_alpha=wise_alpha, wise_base=wise_base, class_token_position=class_token_position)
     if options.decode == "device":  # refuse a preprocess it cannot reproduce before writing anything
@@ -111,7 +115,8 @@ def extract(model: str | None = None, pretrained: str | None = None, *, benchmar
             write_text_bank(bundle, st, f"{bench.name}-outliers", load_corpus(str(outliers)), class_templates,
                             options.device)
     info(f"model {bundle.key} ({bundle.fingerprint[:12]}) -> {st.model_dir(bundle.key)}")
-    paths = {d: extract_dataset(bundle, src, st.features_path(bundle.key, d), options, d) for d, src in sources.items()}
+    paths = {d: extract_dataset(bundle, src, st.features_path(bundle.key, d), options, d, spec=cat.datasets[d])
+             for d, src in sources.items()}
     if rank == 0:
         extraction_summary(paths, sources)
     return bundle.key
@@ -188,6 +193,10 @@ def score(methods: list[str] | str = SPINE_METHODS, *, benchmark: str = DEFAULT_
     for key in keys:  # new scores merge into each scores file: refuse a damaged one before any work
         if st.scores_path(key, bench.name).exists():
             load_records(st.scores_path(key, bench.name))
+    opened = [d for d in (bench.id_train, bench.id_val, bench.id_test, *bench.ood, *(bench.ood_val if tune else ()))
+              if d]
+    for k in dict.fromkeys(filter(None, (*keys, ref_key))):
+        check_split_files(st, k, opened, cat, bench.name)  # stale or misnamed feature files refused
     records: list[ScoreRecord] = []
     for key in keys:
         records += _score_model(st, key, bench, methods, params, head, head_templates, tune, ref_key)

@@ -14,6 +14,7 @@ import typer
 from . import __version__
 from .console import console, out
 from .errors import OodbenchError
+from .fsutil import atomic_write
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="Post-hoc OoD detection for (fine-tuned) CLIP: extract once, score many times.")
@@ -211,7 +212,7 @@ def report(
 
         result = to_text(result, styles=out.is_terminal and not output)  # full width, no split
     if output:
-        output.write_text(result)
+        atomic_write(output, result)
         console.print(f"wrote {output}")
     elif fmt_value == "rich" and isinstance(result, str):
         out.file.write(result)  # already laid out (and styled for a terminal)
@@ -279,7 +280,7 @@ def inspect_cmd(
     if output:
         if fmt == Fmt.rich:
             raise OodbenchError("--output needs a text format: pass --format markdown/csv/json.")
-        output.write_text(table)
+        atomic_write(output, table)
         console.print(f"wrote {output}")
     else:
         out.print(table, soft_wrap=True, highlight=False, markup=False) if isinstance(table, str) else out.print(table)
@@ -289,14 +290,15 @@ def inspect_cmd(
 
 @app.command()
 @friendly
-def verify(store: Annotated[Path | None, typer.Argument(help="Store root (default ./oodbench_store).")] = None) -> None:
-    """Check every file: complete, fingerprints consistent, no NaN/inf, shapes as declared."""
+def verify(store: Annotated[Path | None, typer.Argument(help="Store root (default ./oodbench_store).")] = None,
+           benchmarks: Benches = None) -> None:
+    """Check every file: complete, fingerprints consistent, no NaN/inf, shapes as declared, not stale."""
     from rich.table import Table
 
     from .paths import default_store
     from .verify import verify_store
 
-    findings = verify_store(store or default_store())
+    findings = verify_store(store or default_store(), benchmarks)
     t = Table(title="oodbench verify")
     for c in ("file", "status", "details"):
         t.add_column(c, overflow="fold")

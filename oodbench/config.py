@@ -22,6 +22,7 @@ String values of datasets may use ``${data_root}``: the --data-root option, else
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ BENCH_KEYS = {"description", "model", "classes", "templates", "id", "ood", "ood_
 REQUIRED_BENCH_KEYS = ("classes", "id", "ood")
 CATALOGUE_VERSIONS = (1,)
 CATALOGUE_DATASET_KEYS = ("expected_rows",)  # read by the catalogue itself, not by the source kind
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # names become file names in the store
 
 
 @dataclass
@@ -116,6 +118,13 @@ class Catalogue:
 
 def _fail(path: Path, where: str, message: str) -> OodbenchError:
     return OodbenchError(f"{path}: {where}: {message}")
+
+
+def _check_name(path: Path, section: str, name: Any) -> None:
+    """Dataset and benchmark names become file names in the store: refuse anything but a plain name."""
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
+        raise _fail(path, f"{section}.{name}", f"the name {name!r} must start with a letter or digit and use only "
+                    "letters, digits, '.', '_' and '-' (at most 128): it becomes a file name in the store")
 
 
 def _names(path: Path, where: str, value: Any, datasets: dict) -> list[str]:
@@ -222,6 +231,7 @@ def load_catalogue(path: str | Path | None = None) -> Catalogue:
     if not isinstance(datasets, dict):
         raise _fail(path, "datasets", "must be a mapping of name -> {source: ...}")
     for name, spec in datasets.items():
+        _check_name(path, "datasets", name)
         if not isinstance(spec, dict) or "source" not in spec:
             raise _fail(path, f"datasets.{name}", "must be a mapping with a 'source' key")
         rows = spec.get("expected_rows")
@@ -230,4 +240,6 @@ def load_catalogue(path: str | Path | None = None) -> Catalogue:
     benches = raw.get("benchmarks") or {}
     if not isinstance(benches, dict) or not benches:
         raise _fail(path, "benchmarks", "must be a non-empty mapping of benchmark name -> definition")
+    for name in benches:
+        _check_name(path, "benchmarks", name)
     return Catalogue(path, datasets, {n: _benchmark(path, n, b, datasets) for n, b in benches.items()})

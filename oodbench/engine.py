@@ -336,7 +336,7 @@ def tune_or_fit(run: ScoringRun, scorer) -> tuple[Any, dict[str, Any], dict[str,
     if fit_inputs is None:
         return scorer, {}, {}
     model_id = {"fingerprint": run.view.fingerprint,
-                "file": fitcache.file_identity(run.store.model_path(run.key), run.view.attrs)}
+                "file": fitcache.content_identity(run.store.model_path(run.key))}
     return scorer, {}, fitcache.fit(scorer, fit_inputs, run.scores_path, model_id)
 
 

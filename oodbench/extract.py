@@ -9,19 +9,22 @@ last block's value path (``local_embeds``, GL-MCM). Written to the store by
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .console import info, progress, rate_text, warn
 from .errors import OodbenchError
-from .store import STR, FeatureFile, FeatureWriter, Store, exclusive, write_h5_atomic
+from .store import STR, FeatureFile, FeatureWriter, Store, exclusive, read_attrs, write_h5_atomic
 from .text import encode_text_bank
+from .verify import spec_text
 
 DTYPES = {"float32": np.float32, "float16": np.float16}
 
@@ -237,8 +240,59 @@ def _image_size(visual) -> int:
     return int(size[0] if isinstance(size, (tuple, list)) else size)
 
 
-def extract_dataset(bundle, source, path: Path, options: ExtractOptions, dataset: str) -> Path:
+def _reusable(path: Path, identity: dict, spec: dict | None, dataset: str) -> bool:
+    """True when ``path`` is a complete feature file of this identity (reuse it); False when
+    there is none. Refuses an unreadable, unfinished or different file: ``--overwrite`` replaces it."""
+    if not path.exists():
+        return False
+    try:
+        with h5py.File(path, "r") as f:
+            done = read_attrs(f)
+    except OSError:
+        raise OodbenchError(
+            f"{path} is not a readable HDF5 file (truncated or damaged): pass --overwrite to re-extract it."
+        ) from None
+    if not done.get("complete"):
+        raise OodbenchError(f"{path} is not marked complete: pass --overwrite to re-extract it.")
+    same = all(done.get(k) == v for k, v in identity.items()) and done.get("dataset", dataset) == dataset
+    if same and spec is not None and "catalogue_spec" in done:
+        same = done["catalogue_spec"] == json.loads(spec_text(spec))
+    if same:
+        return True
+    raise OodbenchError(
+        f"{path} exists but was extracted with other data or options (sample list, dataset definition or "
+        "--layers/--local/--dtype differ): pass --overwrite to replace it."
+    )
+
+
+def check_labels(source, n_classes: int, benchmark: str) -> None:
+    """Refuse ID labels outside 0..n_classes-1 (-1 marks OoD); names the list line when known.
+
+    Raises:
+        OodbenchError: the first out-of-range label, where it is and the class count.
+    """
+    labels = np.asarray(source.labels())
+    bad = np.flatnonzero((labels >= n_classes) | (labels < -1))
+    if not len(bad):
+        return
+    i = int(bad[0])
+    where = source.where(i) if hasattr(source, "where") else f"dataset {source.name!r}, sample {source.ids()[i]!r}"
+    raise OodbenchError(
+        f"{where}: label {int(labels[i])} is out of range for benchmark {benchmark!r}, which has "
+        f"{n_classes} classes (labels 0..{n_classes - 1}, -1 for OoD; {len(bad)} such sample(s)): "
+        "fix the labels or the benchmark's classes."
+    )
+
+
+def extract_dataset(bundle, source, path: Path, options: ExtractOptions, dataset: str,
+                    spec: dict | None = None) -> Path:
     """Extract one dataset split into ``path`` (resuming a partial file); returns the path.
+
+    ``spec``: the dataset's catalogue entry, recorded (``catalogue_spec``) so that ``score``
+    and ``verify`` can tell when the benchmarks file has changed it since. With
+    ``options.overwrite`` any existing file (complete, unfinished or unreadable) and any
+    partial file are replaced by a fresh extraction; the old file stays until the new one is
+    complete.
 
     Under ``torchrun`` (WORLD_SIZE > 1) each rank extracts a contiguous shard into its own
     resumable file; rank 0 then merges the shards, in order, into ``path``.
@@ -248,32 +302,27 @@ def extract_dataset(bundle, source, path: Path, options: ExtractOptions, dataset
     net = feature_net(bundle.model.visual, options.layers, options.local)
     identity = {"model_fingerprint": bundle.fingerprint, "sample_fingerprint": source.fingerprint(),
                 **{f"opt_{k}": v for k, v in options.identity().items()}}
-    if path.exists() and not options.overwrite:
-        done = FeatureFile(path).attrs
-        if all(done.get(k) == v for k, v in identity.items()):
-            info(f"[dim]cached[/] {dataset}: {path}")
-            return path
-        raise OodbenchError(
-            f"{path} exists but was extracted with other data or options (sample list or --layers/--local/"
-            "--dtype differ): pass --overwrite to replace it."
-        )
+    if not options.overwrite and _reusable(path, identity, spec, dataset):
+        info(f"[dim]cached[/] {dataset}: {path}")
+        return path
     layout = {**net.layout(DTYPES[options.dtype]), "labels": ((), np.int64), "ids": ((), STR)}
     attrs = {
         "kind": "features", "dataset": dataset, "source": source.describe(),
         "model_name": bundle.name, "pretrained": bundle.pretrained, "ckpt": bundle.ckpt,
         "model_key": bundle.key, "layer_indices": net.layers, "preprocess": repr(bundle.preprocess),
         "options": asdict(options), "torch_version": torch.__version__, "architecture": type(net.visual).__name__,
+        **({"catalogue_spec": spec_text(spec)} if spec is not None else {}),
     }
     rank, world = dist_info()
     target, part = path, source
     if world > 1:
         target, part = shard_path(path, rank, world), shard_source(source, rank, world)
         identity = {**identity, "shard": f"{rank}/{world}"}
-    if not (target.exists() and FeatureFile(target).attrs.get("shard") == identity.get("shard")):
+    if options.overwrite or not (target.exists() and FeatureFile(target).attrs.get("shard") == identity.get("shard")):
         writer = FeatureWriter(target, layout, identity, attrs, total=len(part),
                                chunk_rows=max(options.batch_size, 64))
         with exclusive(target):
-            writer.open()
+            writer.open(fresh=options.overwrite)
             try:
                 _run(net, part, bundle.preprocess, writer, options, dataset, _image_size(net.visual))
                 if world == 1 and len(part) and int(writer.f.attrs["n_rows"]) == 0:

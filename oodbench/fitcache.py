@@ -6,9 +6,10 @@ everything the fit depends on:
 
 - the method, its class and parameters, and the source code of its module (plus the shared
   scorer helpers): editing a scorer invalidates its fits;
-- the store fingerprint of the fit: the model's fingerprint and ``model.h5`` identity, the fit
-  split's feature file (name, size, mtime, ``created``, sample fingerprint), and for scorers that
-  compare checkpoints the reference model's file;
+- the store fingerprint of the fit: the model's fingerprint and a hash of ``model.h5``'s content
+  (its arrays and attributes but not its creation time: ``oodbench run`` rewrites the file each
+  time with the same content), the fit split's feature file (name, size, mtime, ``created``,
+  sample fingerprint), and for scorers that compare checkpoints the reference model's file;
 - the head (name, input space, a hash of its weights) and, for scorers that read text banks,
   a hash of those banks.
 
@@ -16,10 +17,15 @@ Anything else (a re-extracted split, another ``--param``, another head) gives an
 a stale fit is never used. States that are not plain numbers / strings / numpy arrays, or that
 exceed ``OODBENCH_FIT_CACHE_MAX_MB`` (default 128: a KNN bank is the train split itself and is
 faster to rebuild than to copy), are not cached. ``OODBENCH_FIT_CACHE=0`` disables the cache.
+
+The cache is bounded: after each write, a ``.fits`` folder keeps its most recently used fits
+(a hit refreshes a file's mtime) up to ``OODBENCH_FIT_CACHE_FILES`` files (default 64) and
+``OODBENCH_FIT_CACHE_DIR_MB`` MB (default 1024); older ones are deleted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
@@ -44,6 +50,14 @@ def enabled() -> bool:
 
 def max_bytes() -> int:
     return int(float(os.environ.get("OODBENCH_FIT_CACHE_MAX_MB", "128")) * 2**20)
+
+
+def max_files() -> int:
+    return int(os.environ.get("OODBENCH_FIT_CACHE_FILES", "64"))
+
+
+def max_dir_bytes() -> int:
+    return int(float(os.environ.get("OODBENCH_FIT_CACHE_DIR_MB", "1024")) * 2**20)
 
 
 def cache_dir(scores_path: Path) -> Path:
@@ -77,6 +91,29 @@ def file_identity(path: str | Path, attrs: dict[str, Any] | None = None) -> dict
         if attrs and k in attrs:
             out[k] = str(attrs[k])
     return out
+
+
+VOLATILE_ATTRS = ("created", "oodbench_version")  # change on every rewrite of the same content
+
+
+def content_identity(path: str | Path) -> dict[str, Any]:
+    """What identifies a small HDF5 file (``model.h5``) by content: its name and a sha256 of
+    every dataset (path, dtype, shape, bytes) and of its attributes except ``VOLATILE_ATTRS``."""
+    import h5py
+
+    from .store import read_attrs
+
+    p = Path(path)
+    h = hashlib.sha256()
+    with h5py.File(p, "r") as f:
+        attrs = {k: v for k, v in read_attrs(f).items() if k not in VOLATILE_ATTRS}
+        h.update(json.dumps(attrs, sort_keys=True, default=str).encode())
+        names: list[str] = []
+        f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+        for n in sorted(names):
+            h.update(n.encode())
+            h.update(_array_hash(np.asarray(f[n][()])).encode())
+    return {"name": p.name, "content": h.hexdigest()}
 
 
 def _split_identity(data) -> dict[str, Any]:
@@ -190,6 +227,8 @@ def fit(scorer, data, scores_path: Path, model: dict[str, Any]) -> dict[str, Any
     key = fit_key(scorer, data, model)
     path = cache_dir(scores_path) / f"{scorer.name}-{key[:20]}.h5"
     if load(path, key, scorer):
+        with contextlib.suppress(OSError):
+            os.utime(path)  # most recently used: kept longest by prune()
         return {"fit_cache": "hit", "fit_seconds": round(time.perf_counter() - t0, 3), "fit_file": str(path)}
     scorer.fit(data)
     seconds = round(time.perf_counter() - t0, 3)
@@ -206,4 +245,25 @@ def fit(scorer, data, scores_path: Path, model: dict[str, Any]) -> dict[str, Any
                          "scalars": scalars})
     except OSError as exc:  # a read-only store still scores
         return {"fit_cache": f"not written ({exc.strerror})", "fit_seconds": seconds}
+    prune(path.parent, keep=path)
     return {"fit_cache": "miss", "fit_seconds": seconds, "fit_file": str(path)}
+
+
+def prune(folder: Path, keep: Path | None = None) -> list[Path]:
+    """Delete the least recently used fits of ``folder`` beyond ``max_files()`` files or
+    ``max_dir_bytes()`` bytes (``keep`` is never deleted). Returns the deleted paths."""
+    entries = []
+    for p in folder.glob("*.h5"):
+        with contextlib.suppress(OSError):
+            st = p.stat()
+            entries.append((st.st_mtime_ns, st.st_size, p))
+    entries.sort(key=lambda e: (e[2] != keep, -e[0]))  # keep first, then newest first
+    deleted, kept, total = [], 0, 0
+    for _, size, p in entries:
+        if p == keep or (kept < max_files() and total + size <= max_dir_bytes()):
+            kept, total = kept + 1, total + size
+            continue
+        with contextlib.suppress(OSError):
+            p.unlink()
+            deleted.append(p)
+    return deleted

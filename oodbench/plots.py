@@ -22,6 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .errors import OodbenchError
+from .fsutil import atomic_path
 from .metrics import LABELS, _roc
 from .results import ScoreRecord
 from .tables import method_labels, metrics_table
@@ -85,7 +86,8 @@ class _Writer:
         fig.set_layout_engine("none")
         for fmt in self.formats:
             path = self.out_dir / f"{stem}.{fmt}"
-            fig.savefig(path, format=fmt, metadata=_metadata(fmt))
+            with atomic_path(path) as tmp:  # a killed run leaves the previous figure, never a torn one
+                fig.savefig(tmp, format=fmt, metadata=_metadata(fmt))
             self.paths.append(path)
 
 

@@ -59,8 +59,24 @@ def _group_name(label: str) -> str:
     return label.replace("/", "|")
 
 
+SAVE_LOCK_WAIT = 600.0  # seconds a score run waits for another one's save of the same file
+
+
 def save_records(path, records: list[ScoreRecord], meta: dict[str, Any]) -> None:
-    """Write (or update) a scores file: one group per method label; other groups are kept."""
+    """Write (or update) a scores file: one group per method label; other groups are kept.
+
+    The read-merge-write runs under the file's lock (waiting up to ``SAVE_LOCK_WAIT`` seconds
+    for another ``score`` process), so concurrent runs of other methods keep each other's scores.
+    """
+    from pathlib import Path
+
+    from .store import exclusive
+
+    with exclusive(Path(path), wait=SAVE_LOCK_WAIT):
+        _merge_records(path, records, meta)
+
+
+def _merge_records(path, records: list[ScoreRecord], meta: dict[str, Any]) -> None:
     from pathlib import Path
 
     import h5py

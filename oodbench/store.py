@@ -8,8 +8,11 @@ Layout under a store root (see the README for every field)::
     <root>/<model_key>/scores/<benchmark>.h5 per-sample scores of each method (read by reports)
     <root>/last_run.json                     what the last ``run``/``score`` wrote (default for ``report``)
 
-Files are written under ``<name>.partial`` and renamed when complete, so a file with the final
-name is always complete (and carries ``complete=True``). Feature files are resumable.
+Files are written under a temporary name (``<name>.partial`` for the resumable feature files,
+a hidden per-process ``.<name>.<pid>-<random>.partial`` for the others) and renamed when
+complete, so a file with the final name is always complete (and carries ``complete=True``).
+Writers of a feature file and read-merge-writes of a scores file hold ``<name>.lock``
+(:func:`exclusive`), removed again on release.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import fcntl
 import json
 import os
 import re
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -29,6 +33,7 @@ import numpy as np
 
 from . import __version__
 from .errors import OodbenchError
+from .fsutil import atomic_path, atomic_write
 
 FORMAT_VERSION = 1
 READABLE_VERSIONS = (1,)
@@ -118,24 +123,52 @@ def open_h5(path: str | Path, mode: str = "r", fix: str | None = None) -> Iterat
 
 
 @contextlib.contextmanager
-def exclusive(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``<path>.lock``; refuse at once if someone else holds it."""
+def exclusive(path: Path, wait: float = 0.0) -> Iterator[None]:
+    """Hold an exclusive lock on ``<path>.lock`` for the ``with`` block.
+
+    ``wait``: seconds to wait for another holder (0: refuse at once). The lock file is removed
+    on release, while still locked, so no empty ``.lock`` file stays behind; a process that
+    locked the file just before it was removed sees that it no longer is the file at that
+    name and tries again, so two processes never both hold the lock.
+
+    Raises:
+        OodbenchError: another process holds the lock (after ``wait`` seconds).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     lock_path = path.with_name(path.name + ".lock")
-    fh = open(lock_path, "a+")
-    try:
+    deadline = time.monotonic() + wait
+    while True:
+        fh = open(lock_path, "a+")
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise OodbenchError(
-                f"Another oodbench process is writing {path}: wait for it to finish (or remove "
-                f"{lock_path.name} if that process is gone)."
-            ) from None
+            fh.close()
+            if time.monotonic() >= deadline:
+                waited = f" (waited {wait:.0f} s)" if wait else ""
+                raise OodbenchError(
+                    f"Another oodbench process is writing {path}{waited}: wait for it to finish, then rerun."
+                ) from None
+            time.sleep(0.05)
+            continue
+        if _same_file(fh, lock_path):
+            break
+        fh.close()  # we locked a lock file its holder has just removed: take the new one
+    try:
         yield
     finally:
         with contextlib.suppress(OSError):
+            lock_path.unlink()
+        with contextlib.suppress(OSError):
             fcntl.flock(fh, fcntl.LOCK_UN)
         fh.close()
+
+
+def _same_file(fh, path: Path) -> bool:
+    try:
+        a, b = os.fstat(fh.fileno()), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 class Store:
@@ -170,10 +203,16 @@ class Store:
         return self.root / "last_run.json"
 
     def write_last_run(self, payload: dict) -> None:
+        """Record the last run; its ``scores`` paths are kept relative to the store root (absolute
+        when outside it), so ``report --store ROOT`` finds them from any directory."""
         self.root.mkdir(parents=True, exist_ok=True)
+        payload = dict(payload)
+        if "scores" in payload:
+            payload["scores"] = [self._relative(p) for p in payload["scores"]]
         write_json_atomic(self.last_run_path(), payload)
 
     def read_last_run(self) -> dict:
+        """The last run, with ``scores`` as paths usable from the current directory."""
         p = self.last_run_path()
         if not p.exists():
             raise OodbenchError(
@@ -192,13 +231,24 @@ class Store:
                 f"{p} does not hold a 'scores' list of score files: delete it and rerun `oodbench score`, "
                 "or pass score files to `oodbench report`."
             )
+        payload["scores"] = [str(self._resolve(s)) for s in scores]
         return payload
+
+    def _relative(self, path: str | Path) -> str:
+        p, root = Path(path).absolute(), self.root.absolute()
+        return p.relative_to(root).as_posix() if p.is_relative_to(root) else str(p)
+
+    def _resolve(self, recorded: str) -> Path:
+        p = Path(recorded)
+        if p.is_absolute():
+            return p
+        under_root = self.root / p
+        # stores written before paths were root-relative recorded them relative to the cwd of `score`
+        return under_root if under_root.exists() or not p.exists() else p
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(payload, indent=2, default=str))
 
 
 # --- small whole-file writes (model.h5, text banks, scores) --------------------------------
@@ -208,8 +258,7 @@ def write_h5_atomic(path: Path, arrays: Mapping[str, np.ndarray], attrs: Mapping
                     group_attrs: Mapping[str, Mapping[str, Any]] | None = None) -> None:
     """Write a small HDF5 file in one go under a temporary name, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(path, ".partial") as tmp, h5py.File(tmp, "w") as f:
         for k, v in arrays.items():
             v = np.asarray(v)
             if v.dtype.kind in "OUS":
@@ -223,7 +272,6 @@ def write_h5_atomic(path: Path, arrays: Mapping[str, np.ndarray], attrs: Mapping
         base = {"format_version": FORMAT_VERSION, "oodbench_version": __version__, "created": now()}
         for k, v in {**base, **attrs, "complete": True}.items():
             f.attrs[k] = _attr(v)
-    os.replace(tmp, path)
 
 
 def read_h5(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -274,8 +322,11 @@ class FeatureWriter:
     def processed(self) -> int:
         return int(self.f.attrs["n_processed"]) if self.f is not None else 0
 
-    def open(self) -> FeatureWriter:
+    def open(self, fresh: bool = False) -> FeatureWriter:
+        """Open the partial file, resuming it when its identity matches (``fresh``: start over)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if fresh and self.partial.exists():
+            self.partial.unlink()
         if self.partial.exists() and self._try_resume():
             return self
         self.f = h5py.File(self.partial, "w")
