@@ -1,6 +1,7 @@
 """Wall time of the light CLI commands (``--help``, ``list methods``, ``report``) and what they import.
 
     python benchmarks/cli_startup.py [--runs 7] [--tree before=/tmp/old-checkout] [--json out.json]
+                                     [--command "list methods" ...]
 
 Runs each command ``--runs`` times in a fresh interpreter (``python -m oodbench ...`` with
 PYTHONPATH set to the checkout being timed: this one, plus every ``--tree LABEL=PATH``, e.g. an
@@ -24,6 +25,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+COMMANDS = {"--help": ["--help"], "list methods": ["list", "methods"], "report": ["report"]}
 
 
 def make_store(root: Path) -> None:
@@ -69,10 +72,11 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--tree", action="append", default=[], help="LABEL=PATH of another checkout to time")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--command", action="append", choices=list(COMMANDS), help="Time only these (default: all).")
     a = ap.parse_args()
     trees = {"this": str(Path(__file__).resolve().parents[1])}
     trees.update(t.split("=", 1) for t in a.tree)
-    commands = {"--help": ["--help"], "list methods": ["list", "methods"], "report": ["report"]}
+    commands = {c: COMMANDS[c] for c in a.command or COMMANDS}
     with tempfile.TemporaryDirectory() as tmp:
         make_store(Path(tmp) / "store")
         envs = {label: {**os.environ, "PYTHONPATH": path, "OODBENCH_STORE": str(Path(tmp) / "store"),

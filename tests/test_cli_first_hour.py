@@ -186,12 +186,20 @@ def test_light_package_face():
                           "import oodbench.report\nassert callable(report) and oodbench.report is report\n"
                           "from oodbench.report import metrics_table")
     assert "torch" not in mods and "open_clip" not in mods
+    # the scorer registry: every built-in's face (needs, fit split, reference, parameters, search
+    # space) and a default instance, without the compute paths' torch
+    mods = _imports_after("from oodbench.scorers import get_scorer, make_scorer, scorer_names\n"
+                          "names = scorer_names()\nassert {'msp', 'vim', 'knn', 'neglabel'} <= set(names)\n"
+                          "for n in names:\n    c = get_scorer(n); c.describe(); make_scorer(n)\n"
+                          "    assert c.needs and c.reference and set(c.search_space) <= set(c.params)")
+    assert "torch" not in mods and "open_clip" not in mods
 
 
-@pytest.mark.parametrize("args", [["--help"], ["report"], ["list", "benchmarks"], ["verify"]])
+@pytest.mark.parametrize("args", [["--help"], ["report"], ["list", "benchmarks"], ["list", "methods"],
+                                  ["list", "models"], ["verify"], ["score", "--help"]])
 def test_light_cli_commands_do_not_import_torch(digits_store, args):
-    """`--help`, `report` (of the digits store's last run: score files only), `list benchmarks` and
-    `verify` stay light."""
+    """`--help`, `report` (of the digits store's last run: score files only), `list benchmarks`,
+    `list methods` (every registered scorer), `list models`, `verify` and `score --help` stay light."""
     code = ("import runpy, sys\n"
             f"sys.argv = ['oodbench', *{args!r}]\n"
             "try:\n    runpy.run_module('oodbench', run_name='__main__')\nexcept SystemExit as e:\n"
@@ -204,6 +212,8 @@ def test_light_cli_commands_do_not_import_torch(digits_store, args):
     assert "torch" not in mods and "open_clip" not in mods
     if args == ["report"]:
         assert "mcm" in res.stdout
+    if args == ["list", "methods"]:
+        assert "neglabel" in res.stdout and "vim" in res.stdout
 
 
 def test_run_documents_its_model_options_and_takes_workers(monkeypatch):

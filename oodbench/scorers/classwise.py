@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
-import torch
-from scipy.optimize import brentq
 from scipy.special import logsumexp, softmax
 
 from ..errors import OodbenchError
@@ -84,6 +82,7 @@ class SHE(Scorer):
         return self
 
     def score(self, data) -> np.ndarray:
+        import torch
         self.check_fitted()
         h = head_features(data)
         pred = torch.from_numpy(np.asarray(logits(data)).argmax(1))
@@ -183,6 +182,9 @@ def fit_weibull(x: np.ndarray) -> tuple[float, float]:
     on ln c, in log space so that x^c never overflows; lam = (mean x^c)^(1/c). A constant
     sample gives c = inf (a step at lam).
     """
+    # imported here: scipy.optimize takes ~0.4 s to import and listing the scorers needs none of it
+    from scipy.optimize import brentq
+
     y = np.log(np.asarray(x, np.float64))
     if y.size < 2 or np.ptp(y) == 0:
         return np.inf, float(np.exp(y.max()))
@@ -307,6 +309,7 @@ class OpenMax(Scorer):
         return self
 
     def score(self, data) -> np.ndarray:
+        import torch
         self.check_fitted()
         z = logits(data)
         alpha = min(self.alpha, z.shape[1])

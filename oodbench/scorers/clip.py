@@ -7,9 +7,9 @@ class names (bank ``classes``), cos = cosine similarity. All scores: higher = mo
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from scipy.special import softmax
 
 from ..errors import OodbenchError
@@ -17,6 +17,9 @@ from .base import Param, Scorer
 from .common import check_finite, chunk_rows, chunks, features, max_softmax, rowwise
 from .inputs import TextBank, l2_normalize
 from .registry import register_scorer
+
+if TYPE_CHECKING:  # annotations only; the compute paths import torch on first use
+    import torch
 
 
 def cosine_to_names(embeds: np.ndarray, name_embeds: np.ndarray) -> np.ndarray:
@@ -66,6 +69,7 @@ class MCM(Scorer):
     search_space = {"temperature": (0.01, 0.1, 0.5, 1.0, 2.0)}
 
     def score(self, data) -> np.ndarray:
+        import torch
         t = name_embeds(data.text_bank("classes"), self.templates).astype(np.float64)
         x = features(data, "embeds")
         if self.temperature >= 0.1:  # float32, as GL-MCM's local term (relative error ~1e-6)
@@ -89,6 +93,7 @@ def local_max_softmax(z, t: np.ndarray, temperature: float, normalize: bool = Fa
     overflow and the row maximum of the softmax is max(exp(s)) / sum(exp(s)), two reductions
     over one exponentiated block. Smaller T keeps float64 (the error of s is divided by T).
     """
+    import torch
     n, p, d = z.shape
     if temperature < 0.1:
         z64 = np.asarray(z, np.float64)
@@ -104,6 +109,7 @@ def unit_max_softmax32(x: torch.Tensor, t: np.ndarray, temperature: float, norma
     """(N,) float32 max_c softmax_c(<x_i, t_c> / T) for rows x (unit, or normalised here) and
     unit text embeddings t, T >= 0.1 (see :func:`local_max_softmax` for why exp() is safe).
     Non-finite inputs give NaN rows (callers check the result)."""
+    import torch
     x = x.float()  # float16 -> float32 is vectorised in torch (numpy's is ~5x slower)
     if normalize:
         x = x / torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min_(1e-12)
@@ -180,6 +186,7 @@ def group_permutation(n: int, seed: int) -> np.ndarray:
     torch's CPU generator. The reference draws it on CUDA, whose generator gives a different
     permutation for the same seed, so the groups are not the reference's; any permutation is an
     equally valid draw of the method (README: how much it moves the scores)."""
+    import torch
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
 
 
@@ -193,6 +200,7 @@ def neglabel_score(
     public code; permutation: :func:`group_permutation`); ngroup = 1 uses all negatives.
     Chunked over images.
     """
+    import torch
     m = neg.shape[0]
     if ngroup > m:
         raise OodbenchError(
@@ -413,6 +421,7 @@ class EOE(Scorer):
     search_space = {"beta": (0.0, 0.1, 0.25, 0.5, 1.0)}
 
     def score(self, data) -> np.ndarray:
+        import torch
         id_bank, out_bank = data.text_bank("classes"), data.text_bank(self.outlier_bank)
         pos = name_embeds(id_bank, self.templates).astype(np.float64)
         out = name_embeds(out_bank, self.templates).astype(np.float64)

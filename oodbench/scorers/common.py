@@ -4,12 +4,15 @@ class means and covariances computed without materialising big intermediate matr
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
-import torch
 
 from ..errors import OodbenchError
+
+if TYPE_CHECKING:  # annotations only; the compute paths import torch on first use
+    import torch
 
 CHUNK_BYTES = 256 * 2**20
 """Budget for one chunk's largest temporary (e.g. a queries x bank similarity block)."""
@@ -97,6 +100,7 @@ def logits64(data, rows: slice) -> np.ndarray:
 
     The whole split's are computed once and kept on ``data`` (shared by fDBD, NCI, GradNorm,
     ViM and NNGuide) when they fit in ``LOGITS_KEEP_BYTES // 2``; else computed per call."""
+    import torch
     h = head_features(data)
     w, b = head_arrays(data)
     if h.shape[0] * w.shape[0] * 8 > LOGITS_KEEP_BYTES // 2:
@@ -162,6 +166,7 @@ def rowwise(fn: Callable[[slice], np.ndarray], n: int, size: int) -> np.ndarray:
 
 def as_float64_tensor(z) -> torch.Tensor:
     """A float64 torch view (float64 numpy input) or copy of ``z``."""
+    import torch
     if isinstance(z, torch.Tensor):
         return z.double()
     return torch.from_numpy(np.ascontiguousarray(z, dtype=np.float64))
@@ -175,6 +180,7 @@ def energy(z: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     exp(z - max)), the max is exact and the sum's relative error (~1e-7 per term, summed in
     vector lanes) becomes an absolute error of ~1e-6 on the energy, 1e-7 of its size for
     CLIP logits; this halves the time of a float64 pass. Anything else runs in float64."""
+    import torch
     if temperature == 1.0 and getattr(z, "dtype", None) in (np.float32, torch.float32):
         x = z if isinstance(z, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(z))
         return torch.logsumexp(x, dim=-1).double().numpy()
@@ -186,6 +192,7 @@ def energy(z: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 
 def max_softmax(z: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """max_c softmax(z / T)_c along the last axis, float64: exp(max - logsumexp)."""
+    import torch
     x = as_float64_tensor(z)
     if temperature != 1.0:
         x = x / temperature
@@ -194,6 +201,7 @@ def max_softmax(z: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 
 def log_softmax64(z: np.ndarray, temperature: float = 1.0) -> torch.Tensor:
     """float64 log-softmax of z / T along the last axis, as a torch tensor."""
+    import torch
     x = as_float64_tensor(z)
     if temperature != 1.0:
         x = x / temperature
@@ -242,12 +250,13 @@ GEMM_BLOCK_ROWS = 8192
 """Rows per float32 GEMM block whose result is accumulated in float64 (:func:`scatter`)."""
 
 
-_TORCH = {np.float32: torch.float32, np.float64: torch.float64}
+_TORCH = {np.float32: "float32", np.float64: "float64"}  # names: torch is imported on first use
 
 
 def _centre_parts(c: np.ndarray | None, dtype: type) -> list[torch.Tensor]:
     """The centre ``c`` (float64) as the tensors to subtract in turn: itself for float64; for
     float32 hi = fl32(c) then lo = fl32(c - hi) (see :func:`centred_blocks`)."""
+    import torch
     if c is None:
         return []
     c = np.ascontiguousarray(c, np.float64)
@@ -279,9 +288,10 @@ def centred_blocks(
     With a centre and without ``slot`` the yielded tensor is a buffer reused by the next step:
     use it before asking for the next block. Without a centre or means it is the rows
     themselves (float32: a view of ``h`` where ``h`` is float32 and contiguous): read only."""
+    import torch
     c_parts, m_parts = _centre_parts(center, dtype), _centre_parts(means, dtype)
     # without class means the rows are centred into one reused buffer (no fresh block per step)
-    buf = torch.empty((min(block, h.shape[0]), h.shape[1]), dtype=_TORCH[dtype]) if slot is None and c_parts else None
+    buf = torch.empty((min(block, h.shape[0]), h.shape[1]), dtype=getattr(torch, _TORCH[dtype])) if slot is None and c_parts else None
     for rows in chunks(h.shape[0], block):
         x = torch.from_numpy(np.ascontiguousarray(h[rows], dtype=np.float32))
         if buf is not None:
@@ -378,6 +388,7 @@ def quad_forms(
 
     Closed form h^T P h - 2 h^T P mu + mu^T P mu, never forming (N, K, D); float64 (torch GEMMs).
     """
+    import torch
     mp = torch.from_numpy(np.ascontiguousarray(means @ precision, dtype=np.float64))
     quad_mu = torch.einsum("kd,kd->k", mp, torch.from_numpy(np.ascontiguousarray(means, np.float64)))
     prec = torch.from_numpy(np.ascontiguousarray(precision, dtype=np.float64))

@@ -4,7 +4,6 @@ Residual. ``h``: (N, D) features; all scores are higher = more in-distribution."
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from ..console import info, warn
 from ..errors import OodbenchError
@@ -330,6 +329,7 @@ def residual_norm(h: np.ndarray, u: np.ndarray, ns: np.ndarray, fold: bool = Fal
     from the projection onto ``ns`` itself, never as ||v||^2 - ||v P||^2 with the principal
     space: that difference cancels when the residual is a small part of the feature, and in
     float32 it would."""
+    import torch
     basis = torch.from_numpy(np.ascontiguousarray(ns, dtype=np.float32))
     out = np.empty(h.shape[0], np.float64)
     proj = torch.empty((min(GEMM_BLOCK_ROWS, h.shape[0]), basis.shape[1]), dtype=torch.float32)
@@ -344,6 +344,7 @@ def residual_norm(h: np.ndarray, u: np.ndarray, ns: np.ndarray, fold: bool = Fal
 
 
 def _origin(data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    import torch
     w, b = head_arrays(data)
     if b.any():
         wt, bt = torch.from_numpy(w), torch.from_numpy(b)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
-import torch
 from scipy.special import logsumexp, softmax
 
 from ..console import warn
@@ -82,6 +81,7 @@ class Entropy(Scorer):
     reference = "Chan et al., Entropy Maximization and Meta Classification for OoD Detection in Semantic Segmentation, ICCV 2021"
 
     def score(self, data) -> np.ndarray:
+        import torch
         def neg_entropy(z):
             logp = log_softmax64(z)
             return (torch.exp(logp) * logp).sum(1).numpy()
@@ -205,6 +205,7 @@ class GEN(Scorer):
     search_space = {"gamma": (0.01, 0.05, 0.1, 0.5, 1.0), "m": (10, 50, 100, 200, 500)}
 
     def score(self, data) -> np.ndarray:
+        import torch
         z = logits(data)
         m = min(self.m, z.shape[1])
         g = self.gamma
@@ -250,6 +251,7 @@ class KLM(Scorer):
         return self
 
     def score(self, data) -> np.ndarray:
+        import torch
         self.check_fitted()
 
         log_q = torch.from_numpy(np.ascontiguousarray(self.log_q_, dtype=np.float64))

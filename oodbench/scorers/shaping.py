@@ -9,7 +9,6 @@ expect them to degrade there: ``relu_assumption = True``). Higher = more in-dist
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from ..errors import OodbenchError
 from .base import Param, Scorer
@@ -73,6 +72,7 @@ def _top_mask(h: np.ndarray, k: int) -> np.ndarray:
 
     h >= the row's k-th largest value (torch's multithreaded kthvalue); rows where that value
     is tied with an entry left out choose among the ties as ``np.argpartition`` does."""
+    import torch
     n, d = h.shape
     if k >= d:
         return np.ones(h.shape, bool)
@@ -251,6 +251,7 @@ class GradNorm(Scorer):
     search_space = {"temperature": (0.5, 1.0, 2.0)}
 
     def score(self, data) -> np.ndarray:
+        import torch
         h = head_features(data)
         w, b = head_arrays(data)
         n_cls, t = w.shape[0], self.temperature

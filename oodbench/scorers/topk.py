@@ -35,9 +35,12 @@ that work costs more than the matmul saves: ``method="auto"`` then searches in f
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # annotations only; the compute paths import torch on first use
+    import torch
 
 U32 = 2.0**-24
 BF16_PRECISION_BITS = 8
@@ -59,6 +62,7 @@ def _norm_upper(x: torch.Tensor) -> torch.Tensor:
     at most 2^-126 each, so 2 D 2^-126 is added to the squared bound. A norm that overflows
     float32 becomes inf: the bound then admits every candidate, and the search falls back to
     the exhaustive one for that row."""
+    import torch
     d = x.shape[1]
     n = torch.linalg.vector_norm(x, dim=1).double() * (1.0 + _gamma(d + 2))
     return torch.sqrt(n * n + 2.0 * d * 2.0**-126)
@@ -68,6 +72,7 @@ def _row_norms(x: torch.Tensor, minus: torch.Tensor | None = None) -> torch.Tens
     """Upper bounds on the L2 norms of the rows of a float32/bf16 tensor, or of
     float(x) - ``minus`` (for x = bf16(minus): the bf16 rounding error; the float32 difference
     of a float32 value and its bf16 rounding is exact), in chunks."""
+    import torch
     out = torch.empty(x.shape[0], dtype=torch.float64)
     step = max(1, (32 * 2**20) // max(1, 4 * x.shape[1]))
     for s in range(0, x.shape[0], step):
@@ -78,6 +83,7 @@ def _row_norms(x: torch.Tensor, minus: torch.Tensor | None = None) -> torch.Tens
 
 def _halfulp_bound(m: torch.Tensor) -> torch.Tensor:
     """An upper bound on half a bf16 ulp of any float32 value whose bf16 rounding has |.| <= m."""
+    import torch
     a = torch.clamp(m.double() * (1.0 + 2.0**-6), min=2.0**-120)
     return torch.exp2(torch.floor(torch.log2(a)) - BF16_PRECISION_BITS)
 
@@ -88,6 +94,7 @@ _BF16_OK: bool | None = None
 def bf16_matmul_accumulates_in_fp32() -> bool:
     """Check once that a bf16 matmul keeps float32 accumulation (its output is within the
     bound used above of the exact result), on data that bf16 accumulation would fail."""
+    import torch
     global _BF16_OK
     if _BF16_OK is None:
         try:
@@ -129,6 +136,7 @@ def bf16_pays() -> bool:
     the matmul saves; ``benchmarks/bf16_search_speed.py``). Both paths return the exact
     float32 top-k values, so the choice changes speed only (and float32 rounding of the
     re-rank, ~1 ulp)."""
+    import torch
     global _BF16_PAYS
     if _BF16_PAYS is None:
         _BF16_PAYS = False
@@ -157,6 +165,7 @@ def bf16_pays() -> bool:
 def _group_max(x: torch.Tensor, g: int) -> tuple[int, int, torch.Tensor]:
     """(w, main, (n, w + tail) maxima): group c < w holds columns c, c + w, ..., c + (g-1) w of
     ``x``; columns from ``main = g w`` on are single-column groups w, w + 1, ..."""
+    import torch
     n, cols = x.shape
     w = cols // g
     main = g * w
@@ -172,6 +181,7 @@ def _expand(table: torch.Tensor, thr: torch.Tensor, gi: torch.Tensor, gc: torch.
             g: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Columns of ``table`` in the candidate groups (gi, gc) (see :func:`_group_max`) whose
     value is >= thr[row], as (rows, cols), in the order of the groups."""
+    import torch
     if g == 1:
         return gi, gc
     t = torch.arange(g)
@@ -193,6 +203,7 @@ def _products_by_index(q: torch.Tensor, bank: torch.Tensor, labels: torch.Tensor
     faiss's ``fvec_inner_products_by_idx`` (no copy of the bank, OpenMP) when faiss is
     installed; else blocked gathers and a batched product in torch.
     """
+    import torch
     n, m = labels.shape
     d = q.shape[1]
     try:
@@ -223,6 +234,7 @@ class InnerProductIndex:
     """Exact top-k inner products of queries against a fixed float32 bank (see module doc)."""
 
     def __init__(self, bank: np.ndarray, method: str = "auto"):
+        import torch
         if method not in ("auto", "bf16", "exact"):
             raise ValueError(f"method must be auto, bf16 or exact, got {method!r}")
         self.bank = torch.from_numpy(np.ascontiguousarray(bank, dtype=np.float32))
@@ -240,6 +252,7 @@ class InnerProductIndex:
 
     # -- exact float32 search (small banks, fallback rows, reference) --------------------------
     def _exact(self, q: torch.Tensor, k: int) -> torch.Tensor:
+        import torch
         n_bank = self.bank.shape[0]
         step = max(1, S_BUDGET // max(1, 4 * n_bank))
         out = torch.empty(q.shape[0], k, dtype=torch.float32)
@@ -259,6 +272,7 @@ class InnerProductIndex:
         return g1, g2
 
     def _search_chunk(self, q: torch.Tensor, qb: torch.Tensor, norms, k: int, buf: torch.Tensor) -> torch.Tensor:
+        import torch
         n, d = q.shape
         g1, g2 = self._groups(k)
         s = buf[:n]
@@ -289,6 +303,7 @@ class InnerProductIndex:
 
     def _rerank(self, q: torch.Tensor, ci: torch.Tensor, cj: torch.Tensor, k: int) -> torch.Tensor:
         """Top-k exact float32 products of each query row over its candidates (ci sorted)."""
+        import torch
         n, d = q.shape
         counts = torch.bincount(ci, minlength=n)
         self.stats["candidates"] += int(ci.numel())
@@ -316,6 +331,7 @@ class InnerProductIndex:
 
     def search(self, queries: np.ndarray, k: int) -> np.ndarray:
         """(n, k) float64: the k largest inner products of each query row, descending."""
+        import torch
         q_all = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
         n_bank = self.bank.shape[0]
         if k > n_bank:
