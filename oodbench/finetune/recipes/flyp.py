@@ -32,7 +32,7 @@ class FLYP(Recipe):
 
     def loss(self, x, y):
         t = self.t
-        tmpl = torch.randint(0, t.n_templates, (x.shape[0],), generator=t.sampler.gen).to(y.device)
+        tmpl = torch.randint(0, t.n_templates, (x.shape[0],), generator=t.rng("flyp")).to(y.device)
         cap = tmpl * t.n_classes + y  # index into the (T*C) prompt tokens
         uniq, inv = torch.unique(cap, return_inverse=True)
         txt = F.normalize(t.model.encode_text(t.tokens[uniq]).float(), dim=-1)[inv]
