@@ -12,7 +12,13 @@ import torch
 from oodbench.config import load_catalogue
 from oodbench.errors import OodbenchError
 from oodbench.finetune import FinetuneConfig, describe_checkpoint, finetune
-from oodbench.finetune.data import EpochStream, TrainTransform, few_shot_rows, load_split, train_batches
+from oodbench.finetune.data import (
+    EpochStream,
+    TrainTransform,
+    few_shot_rows,
+    load_split,
+    train_batches,
+)
 from oodbench.models import load_model
 from oodbench.models.tiny import TINY_MODEL
 

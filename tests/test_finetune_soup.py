@@ -11,7 +11,13 @@ import torch
 import torch.nn.functional as F
 
 from oodbench.errors import OodbenchError
-from oodbench.finetune import FinetuneConfig, describe_checkpoint, finetune, greedy_soup, soup, uniform_soup
+from oodbench.finetune import (
+    FinetuneConfig,
+    describe_checkpoint,
+    finetune,
+    greedy_soup,
+    soup,
+)
 from oodbench.finetune.recipes.lipsum import lipsum_energy_gap, random_text_tokens
 from oodbench.models import load_model
 from oodbench.models.tiny import TINY_MODEL
@@ -124,3 +130,30 @@ def test_lipsum_trains_and_reloads(tmp_path):
         z1 = F.normalize(res.model.encode_image(xv), dim=-1)
         s = base.logit_scale.exp()
         assert float(lipsum_energy_gap(z0, z0, u, s)) == 0.0 and float(lipsum_energy_gap(z1, z0, u, s)) > 0
+
+
+def test_lipsum_loss_is_ce_plus_weighted_gap(tmp_path):
+    import copy
+
+    from oodbench.finetune.data import step_generator
+    from oodbench.finetune.trainer import Trainer
+
+    t = Trainer(FinetuneConfig("lipsum", **FAST, lipsum_texts=8, lipsum_weight=0.5), tmp_path)
+    train, val = t.data()
+    t.reference = copy.deepcopy(t.model).eval().requires_grad_(False)
+    recipe = t.make_recipe(train, val)
+    with torch.no_grad():
+        for p in t.model.visual.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(2)))
+    t.step = 5
+    x, y = train.batch(torch.arange(6))
+    with torch.no_grad():
+        loss, z = recipe.loss(x, y)
+        ce = F.cross_entropy(recipe.lin(F.normalize(z, dim=-1)), y)
+        tok = random_text_tokens(8, 8, 49408, 16, step_generator(0, 5, "lipsum"))
+        u = F.normalize(t.reference.encode_text(tok), dim=-1)
+        z0 = F.normalize(t.reference.encode_image(x), dim=-1)
+        s = t.reference.logit_scale.exp()
+        gap = ((s * F.normalize(z, dim=-1) @ u.T - s * z0 @ u.T) ** 2).sum(1).div(2 * 8).mean()
+    assert float(gap) > 0
+    assert float(loss) == pytest.approx(float(ce + 0.5 * gap), rel=1e-5)
