@@ -364,7 +364,11 @@ def finetune(
                          accum_steps=accum_steps, grad_clip=grad_clip, keep_best=keep_best, eval_every=eval_every,
                          workers=workers, precision=precision, benchmarks=str(benchmarks) if benchmarks else None,
                          data_root=str(data_root) if data_root else None)
+    from .distributed import dist_info
+
     res = run_finetune(cfg, out_dir, resume=resume, overwrite=overwrite, store=store)
+    if dist_info()[0] != 0:  # torchrun: rank 0 reports and writes the mixes
+        return
     out.print(str(res.path))
     if res.adapter_path:
         out.print(str(res.adapter_path))

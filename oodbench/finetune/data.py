@@ -223,34 +223,43 @@ def _collate(items):
 class _StepBatches(torch.utils.data.Sampler):
     """Keys of the batches of steps ``start .. end-1`` (the DataLoader's batch sampler)."""
 
-    def __init__(self, stream: EpochStream, start: int, end: int) -> None:
-        self.stream, self.start, self.end = stream, start, end
+    def __init__(self, stream: EpochStream, start: int, end: int, part: slice = slice(None)) -> None:
+        self.stream, self.start, self.end, self.part = stream, start, end, part
 
     def __len__(self) -> int:
         return self.end - self.start
 
     def __iter__(self):
         for s in range(self.start, self.end):
-            yield [(s, j, int(i)) for j, i in enumerate(self.stream.batch(s))]
+            idx = self.stream.batch(s)
+            yield [(s, j, int(idx[j])) for j in range(len(idx))[self.part]]
+
+
+def rank_part(batch_size: int, rank: int, world: int) -> slice:
+    """This rank's positions of a global batch (contiguous, equal: batch_size % world == 0)."""
+    per = batch_size // world
+    return slice(rank * per, (rank + 1) * per)
 
 
 def train_batches(data: ImageSet, stream: EpochStream, transform: TrainTransform, start: int, end: int,
-                  workers: int = 2, pin_memory: bool = False):
-    """(step, images, labels) of steps ``start .. end-1``: in memory, or through a DataLoader
-    for a streaming split (or ``workers > 0`` with rrc). Unreadable images are dropped."""
+                  workers: int = 2, pin_memory: bool = False, part: slice = slice(None)):
+    """(step, images, labels) of steps ``start .. end-1`` (only positions ``part`` of each global
+    batch: one rank's share under torchrun): in memory, or through a DataLoader for a streaming
+    split. Unreadable images are dropped."""
     if data.images is not None and transform.augment != "rrc":
         for s in range(start, end):
-            x, y = data.batch(stream.batch(s))
+            x, y = data.batch(stream.batch(s)[part])
             yield s, x, y
         return
     if not data.streaming:  # rrc in memory: the same transform in this process
         for s in range(start, end):
             idx = stream.batch(s)
-            x = torch.stack([transform(data.raw[int(i)], s, j) for j, i in enumerate(idx)])
-            yield s, x, data.labels[idx]
+            pos = range(len(idx))[part]
+            x = torch.stack([transform(data.raw[int(idx[j])], s, j) for j in pos])
+            yield s, x, data.labels[idx[part]]
         return
     extra = {"prefetch_factor": 4, "persistent_workers": True} if workers > 0 else {}
-    loader = torch.utils.data.DataLoader(_Items(data, transform), batch_sampler=_StepBatches(stream, start, end),
+    loader = torch.utils.data.DataLoader(_Items(data, transform), batch_sampler=_StepBatches(stream, start, end, part),
                                          num_workers=workers, pin_memory=pin_memory, collate_fn=_collate, **extra)
     dropped = 0
     for s, (x, y, ok) in zip(range(start, end), loader, strict=True):
@@ -316,14 +325,18 @@ def _load_split(catalogue, dataset, preprocess, data_root, download, max_in_memo
                     [rows[k] for k in kept], raw if keep_raw else None)
 
 
-def random_shift(x: torch.Tensor, max_px: int, gen: torch.Generator) -> torch.Tensor:
-    """Random integer translation of each image by up to ±max_px pixels (border = the image minimum)."""
+def random_shift(x: torch.Tensor, max_px: int, gen: torch.Generator, part: slice = slice(None),
+                 total: int | None = None, fill: float | None = None) -> torch.Tensor:
+    """Random integer translation of each image by up to ±max_px pixels (border ``fill``, default
+    the batch minimum). ``x`` may be positions ``part`` of a global batch of ``total`` images: the
+    shifts are drawn for all ``total`` and sliced, so every rank shifts its images as one process would."""
     if max_px <= 0:
         return x
     n, c, h, w = x.shape
-    pad = F.pad(x, (max_px,) * 4, value=float(x.min()))
-    dx = torch.randint(0, 2 * max_px + 1, (n,), generator=gen)
-    dy = torch.randint(0, 2 * max_px + 1, (n,), generator=gen)
+    total = n if total is None else total
+    pad = F.pad(x, (max_px,) * 4, value=float(x.min()) if fill is None else fill)
+    dx = torch.randint(0, 2 * max_px + 1, (total,), generator=gen)[part]
+    dy = torch.randint(0, 2 * max_px + 1, (total,), generator=gen)[part]
     rows = (dy[:, None] + torch.arange(h)[None]).view(n, 1, h, 1).expand(n, c, h, w + 2 * max_px)
     out = pad.gather(2, rows)
     cols = (dx[:, None] + torch.arange(w)[None]).view(n, 1, 1, w).expand(n, c, h, w)

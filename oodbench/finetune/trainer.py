@@ -44,6 +44,7 @@ from .data import (
     TrainTransform,
     load_split,
     random_shift,
+    rank_part,
     step_generator,
     train_batches,
 )
@@ -75,7 +76,12 @@ class Trainer:
         self.cat = catalogue or load_catalogue(cfg.benchmarks)
         self.bench = self.cat.benchmark(cfg.benchmark)
         self.model_name, self.pretrained = _resolve_model(cfg, self.cat)
-        self.device = check_device(cfg.device)
+        from ..distributed import dist_info, init_from_env
+
+        self.device = init_from_env(check_device(cfg.device))  # torchrun: join the group, cuda:LOCAL_RANK
+        if self.device.startswith("cuda:"):
+            torch.cuda.set_device(self.device)
+        self.rank, self.world = dist_info()
         self.amp = amp_dtype(self.device, cfg.precision)
         self.store = store
         torch.manual_seed(cfg.seed)
@@ -243,6 +249,13 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path = "finetune_runs", *, resu
         return spec.fn(t, train, val, t0, resume, overwrite)
     n_steps = cfg.total_steps(len(train))
     t.n_steps = n_steps
+    if t.world > 1:
+        if cfg.batch_size % (t.world * cfg.accum_steps):
+            raise OodbenchError(f"torchrun with {t.world} ranks: --batch-size {cfg.batch_size} must be a multiple of "
+                                f"ranks x --accum-steps ({t.world * cfg.accum_steps}).")
+        if cfg.recipe == "flyp":
+            raise OodbenchError("flyp under torchrun is not supported yet (its contrastive loss would need the "
+                                "features of all ranks): run it in one process.")
     state = _existing_state(t, resume, overwrite)
     reference = None
     if cfg.reg in ("feature", "ldifs") or spec.needs_reference:  # the frozen zero-shot model, before any change
@@ -279,6 +292,8 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path = "finetune_runs", *, resu
              f"from {t.state_path}")
 
     def save_state(step: int) -> None:
+        if t.rank != 0:  # rank 0 writes; every rank holds the same weights
+            return
         _save_atomic({"format": STATE_FORMAT, "step": step, "identity": _jsonable(cfg.identity()),
                       "base_fingerprint": t.base_fingerprint, "model": t.model.state_dict(),
                       "recipe": recipe.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
@@ -290,17 +305,21 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path = "finetune_runs", *, resu
     t.model.train()
     accum = int(cfg.accum_steps)
     running = None
-    batches = train_batches(train, stream, transform, step, end, cfg.workers, t.device.startswith("cuda"))
+    part = rank_part(cfg.batch_size, t.rank, t.world)
+    batches = train_batches(train, stream, transform, step, end, cfg.workers, t.device.startswith("cuda"), part)
     with progress("step") as bar:
         task = bar.add_task(f"{cfg.run_name} on {cfg.benchmark}", total=n_steps, completed=step,
                             rate=_rate(None, val_acc))
         for s, x, y in batches:
             t.step = s
             if cfg.augment == "shift":
-                x = random_shift(x, cfg.augment_shift, step_generator(cfg.seed, s, "shift"))
+                fill = _global_min(x) if t.world > 1 else None  # the border of the whole global batch
+                x = random_shift(x, cfg.augment_shift, step_generator(cfg.seed, s, "shift"), part, cfg.batch_size, fill)
             x, y = x.to(t.device, non_blocking=True), y.to(t.device, non_blocking=True)
             opt.zero_grad(set_to_none=True)
-            lv = accumulate_step(t, recipe, reg, x, y, accum, scaler, named, cfg.grad_clip, opt)
+            lv = accumulate_step(t, recipe, reg, x, y, accum, scaler, named, cfg.grad_clip, opt, t.world)
+            if t.world > 1:
+                lv = _global_sum(lv)
             scaler.step(opt)
             scaler.update()
             sched.step()
@@ -328,7 +347,8 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path = "finetune_runs", *, resu
 
 def accumulate_step(t: Trainer, recipe: Recipe, reg: Regulariser | None, x: torch.Tensor, y: torch.Tensor,
                     accum: int, scaler: torch.amp.GradScaler, named: list[tuple[str, nn.Parameter]],
-                    grad_clip: float | None = None, opt: torch.optim.Optimizer | None = None) -> float:
+                    grad_clip: float | None = None, opt: torch.optim.Optimizer | None = None,
+                    world: int = 1) -> float:
     """Forward + backward of one global batch (B) as ``accum`` micro-batches (B / accum each): each
     micro-batch's mean loss is weighted by its share of B, so the summed gradients are those of the
     global batch's mean loss; then the global gradient norm is clipped to ``grad_clip``. Returns
@@ -342,15 +362,49 @@ def accumulate_step(t: Trainer, recipe: Recipe, reg: Regulariser | None, x: torc
             loss, z = recipe.loss(xm, ym)
             if reg is not None:
                 loss = loss + reg(xm, z)
-        share = xm.shape[0] / x.shape[0]
+        share = xm.shape[0] / (x.shape[0] * world)
         scaler.scale(loss * share).backward()
         lv += float(loss.detach()) * share
     t.micro = 0
+    if world > 1:
+        _all_reduce_grads([p for _, p in named if p.requires_grad])
     if grad_clip is not None:
         if opt is not None:
             scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_([p for _, p in named if p.grad is not None], float(grad_clip))
     return lv
+
+
+def _all_reduce_grads(params: list[nn.Parameter]) -> None:
+    """Sum the gradients over ranks in one flat all-reduce (what DDP's buckets do; done by hand
+    because the recipes call encode_image / encode_text, which bypass DistributedDataParallel.forward)."""
+    import torch.distributed as dist
+
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    o = 0
+    for p in params:
+        p.grad.copy_(flat[o:o + p.numel()].view_as(p.grad))
+        o += p.numel()
+
+
+def _global_min(x: torch.Tensor) -> float:
+    import torch.distributed as dist
+
+    m = x.min().detach().float().reshape(1).clone()
+    dist.all_reduce(m, op=dist.ReduceOp.MIN)
+    return float(m)
+
+
+def _global_sum(v: float) -> float:
+    import torch.distributed as dist
+
+    t = torch.tensor([v], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t)
 
 
 def _rate(loss: float | None, acc: float | None) -> str:
@@ -400,9 +454,13 @@ def _result(t: Trainer, recipe: Recipe, cfg: FinetuneConfig, step: int, val_acc:
     sd = recipe.export_state()
     fp = _state_fingerprint(sd, *head, t.model_name)
     adapter = t.adapter_path if recipe.writes_adapter else None
-    if export and not cached:
-        extra = {"train_seconds": round(time.time() - t0, 2), "train_images": t.n_train, "total_steps": t.n_steps,
-                 **best_meta, **recipe.export_meta()}
+    if t.world > 1:
+        from ..distributed import barrier
+
+        barrier()  # every rank has finished its steps
+    if export and not cached and t.rank == 0:
+        extra = {"world_size": t.world, "train_seconds": round(time.time() - t0, 2), "train_images": t.n_train,
+                 "total_steps": t.n_steps, **best_meta, **recipe.export_meta()}
         _, fp = t.export(sd, head, head_init, step, val_acc, extra)
         if adapter is not None:
             recipe.save_adapter(adapter)
@@ -411,6 +469,10 @@ def _result(t: Trainer, recipe: Recipe, cfg: FinetuneConfig, step: int, val_acc:
     elif cached:
         info(f"[dim]cached[/] {cfg.run_name}: {t.ckpt_path}")
         t0 = time.time() - float(describe_checkpoint(t.ckpt_path).get("train_seconds") or 0.0)
+    if t.world > 1:
+        from ..distributed import barrier
+
+        barrier()  # the checkpoint exists before any rank returns
     return FinetuneResult(path=t.ckpt_path, config=cfg, model=t.model, head_weight=head[0], head_bias=head[1],
                           preprocess=t.preprocess, tokenizer=t.tokenizer, base_fingerprint=t.base_fingerprint,
                           fingerprint=fp, step=step, val_accuracy=val_acc, history=list(t.history),
