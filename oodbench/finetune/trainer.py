@@ -115,9 +115,10 @@ class Trainer:
     # -- data
     def data(self) -> tuple[ImageSet, ImageSet | None]:
         cfg = self.cfg
+        rrc = cfg.augment == "rrc"  # crops the decoded image: DataLoader workers decode it every step
         train = load_split(self.cat, self.bench.id_train, self.preprocess, cfg.data_root,
-                           max_in_memory=cfg.max_in_memory, shots=cfg.shots, seed=cfg.seed,
-                           keep_raw=cfg.augment == "rrc")
+                           max_in_memory=0 if rrc and cfg.workers > 0 else cfg.max_in_memory, shots=cfg.shots,
+                           seed=cfg.seed, keep_raw=rrc)
         val = (load_split(self.cat, self.bench.id_val, self.preprocess, cfg.data_root, max_in_memory=cfg.max_in_memory)
                if self.bench.id_val else None)
         self.n_train = len(train)
