@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from oodbench.finetune import FinetuneConfig, describe_checkpoint, finetune
@@ -13,19 +14,20 @@ from oodbench.finetune import FinetuneConfig, describe_checkpoint, finetune
 LR, STEPS = 1e-4, 3
 
 
-def test_two_ranks_equal_one_process(tmp_path):
+@pytest.mark.parametrize("recipe", ["ft", "flyp"])  # flyp: the contrastive loss over features gathered from all ranks
+def test_two_ranks_equal_one_process(tmp_path, recipe):
     cfg = dict(steps=STEPS, batch_size=16, lr=LR, eval_every=STEPS, save_every=STEPS, device="cpu")
-    one = finetune(FinetuneConfig("ft", **cfg), tmp_path / "one")
+    one = finetune(FinetuneConfig(recipe, **cfg), tmp_path / "one")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(29600 + os.getpid() % 1000), "-m", "oodbench", "finetune", "ft", "--steps", str(STEPS),
+           str(29600 + os.getpid() % 1000), "-m", "oodbench", "finetune", recipe, "--steps", str(STEPS),
            "--batch-size", "16", "--lr", str(LR), "--device", "cpu", "--out", str(tmp_path / "two")]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr[-3000:]
-    meta = describe_checkpoint(tmp_path / "two" / "ft.pt")
+    meta = describe_checkpoint(tmp_path / "two" / f"{recipe}.pt")
     assert meta["world_size"] == 2 and meta["identity"] == describe_checkpoint(one.path)["identity"]
     a = torch.load(one.path, weights_only=True)["state_dict"]
-    b = torch.load(tmp_path / "two" / "ft.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "two" / f"{recipe}.pt", weights_only=True)["state_dict"]
     # The ranks' summed gradients equal one process's up to float32 regrouping (|rel. error| ~ 1e-6,
     # see test_accumulation_equals_one_global_batch_and_clipping). AdamW normalises each coordinate's
     # step: |step| <= lr x |m/sqrt(v)| <= lr x 1 at step 1 and <= lr x (1-b1)/sqrt(1-b2) ~ 3.2 lr later,

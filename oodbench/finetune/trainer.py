@@ -254,9 +254,7 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path = "finetune_runs", *, resu
         if cfg.batch_size % (t.world * cfg.accum_steps):
             raise OodbenchError(f"torchrun with {t.world} ranks: --batch-size {cfg.batch_size} must be a multiple of "
                                 f"ranks x --accum-steps ({t.world * cfg.accum_steps}).")
-        if cfg.recipe == "flyp":
-            raise OodbenchError("flyp under torchrun is not supported yet (its contrastive loss would need the "
-                                "features of all ranks): run it in one process.")
+
     state = _existing_state(t, resume, overwrite)
     reference = None
     if cfg.reg in ("feature", "ldifs") or spec.needs_reference:  # the frozen zero-shot model, before any change
@@ -319,8 +317,8 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path = "finetune_runs", *, resu
             x, y = x.to(t.device, non_blocking=True), y.to(t.device, non_blocking=True)
             opt.zero_grad(set_to_none=True)
             lv = accumulate_step(t, recipe, reg, x, y, accum, scaler, named, cfg.grad_clip, opt, t.world)
-            if t.world > 1:
-                lv = _global_sum(lv)
+            if t.world > 1:  # the ranks' shares of the global loss (a global loss counted once)
+                lv = _global_sum(lv) / (t.world if recipe.loss_is_global else 1)
             scaler.step(opt)
             scaler.update()
             sched.step()
