@@ -139,7 +139,7 @@ def soup(ckpts: Sequence[str | Path], out: str | Path, *, greedy: bool = False, 
         record = {"kind": "uniform", "chosen": [str(p) for p in paths]}
     head = (mixed.get(HEAD_KEYS[0]), mixed.get(HEAD_KEYS[1]))
     body = {k: v for k, v in mixed.items() if k not in HEAD_KEYS}
-    fp = _state_fingerprint(body, *head)
+    fp = _state_fingerprint(body, *head, meta0["model"])
     meta = _jsonable({**{k: meta0.get(k) for k in ("model", "pretrained", "init_seed", "base_fingerprint",
                                                    "benchmark", "classes", "templates", "config")},
                       "format_version": meta0.get("format_version"), "recipe": "soup", "fingerprint": fp,
