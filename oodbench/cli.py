@@ -313,7 +313,7 @@ def verify(store: Annotated[Path | None, typer.Argument(help="Store root (defaul
 @app.command()
 @friendly
 def finetune(
-    recipe: Annotated[str, typer.Argument(help="lp, ft, lpft, flyp or lora.")],
+    recipe: Annotated[str, typer.Argument(help="lp, ft, lpft, flyp, lora or lipsum.")],
     benchmark: Bench = "digits",
     model: Annotated[str | None, typer.Option("--model", help="open_clip model (default: the benchmark's).")] = None,
     pretrained: Annotated[str, typer.Option("--pretrained", help="open_clip tag or weights file of the base (default: the benchmark's).")] = "auto",
@@ -332,6 +332,16 @@ def finetune(
     lora_targets: Annotated[str, typer.Option("--lora-targets", help="Subset of q,k,v,out.")] = "q,k,v,out",
     lp_c: Annotated[float | None, typer.Option("--lp-c", help="Logistic-regression C (default: chosen on ID val).")] = None,
     flyp_head: Annotated[bool, typer.Option("--flyp-head", help="FLYP: also store the rebuilt text head.")] = False,
+    shots: Annotated[int | None, typer.Option("--shots", min=1, help="Train on K images per class (seeded draw; CoOp: 1/2/4/8/16).")] = None,
+    augment: Annotated[str, typer.Option("--augment", help="none (eval preprocess), shift (±2 px) or rrc (RandomResizedCrop + flip).")] = "shift",
+    rrc_scale: Annotated[float, typer.Option("--rrc-scale", help="rrc: smallest crop area fraction.")] = 0.08,
+    epochs: Annotated[float | None, typer.Option("--epochs", help="Train this many epochs instead of --steps.")] = None,
+    warmup: Annotated[float, typer.Option("--warmup", help="Fraction of the steps with linear warm-up (then cosine).")] = 0.1,
+    accum_steps: Annotated[int, typer.Option("--accum-steps", min=1, help="Micro-batches per step (--batch-size is the global batch).")] = 1,
+    grad_clip: Annotated[float | None, typer.Option("--grad-clip", help="Clip the global gradient norm.")] = None,
+    keep_best: Annotated[bool, typer.Option("--keep-best", help="Export the best-on-ID-val evaluation's weights.")] = False,
+    eval_every: Annotated[int, typer.Option("--eval-every", min=1, help="Evaluate on ID val every N steps.")] = 25,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader workers for splits too large for memory.")] = 2,
     wise: Annotated[str | None, typer.Option("--wise", help="Also write WiSE-FT mixes at these alphas, e.g. 0.25,0.5,0.75.")] = None,
     wise_head: Annotated[str, typer.Option("--wise-head", help="keep (the fine-tuned head) or mix (with the initial head).")] = "keep",
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")] = "auto",
@@ -350,9 +360,15 @@ def finetune(
                          batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed, reg=reg,
                          reg_weight=reg_weight, lora_rank=lora_rank, lora_alpha=lora_alpha, lora_towers=lora_towers,
                          lora_targets=lora_targets, lp_c=lp_c, flyp_head=flyp_head, name=name, device=device,
-                         precision=precision, benchmarks=str(benchmarks) if benchmarks else None,
+                         shots=shots, augment=augment, rrc_scale=rrc_scale, epochs=epochs, warmup=warmup,
+                         accum_steps=accum_steps, grad_clip=grad_clip, keep_best=keep_best, eval_every=eval_every,
+                         workers=workers, precision=precision, benchmarks=str(benchmarks) if benchmarks else None,
                          data_root=str(data_root) if data_root else None)
+    from .distributed import dist_info
+
     res = run_finetune(cfg, out_dir, resume=resume, overwrite=overwrite, store=store)
+    if dist_info()[0] != 0:  # torchrun: rank 0 reports and writes the mixes
+        return
     out.print(str(res.path))
     if res.adapter_path:
         out.print(str(res.adapter_path))
@@ -378,6 +394,22 @@ def wise(
     for p in wise_mix(ckpt, [float(a) for a in alpha.split(",")], out_dir, head=head, model=model,
                       pretrained=pretrained, trust_pickle=trust_pickle):
         out.print(str(p))
+
+
+@app.command()
+@friendly
+def soup(
+    ckpts: Annotated[list[Path], typer.Argument(help="Fine-tuned checkpoints of one base (oodbench finetune).")],
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="The soup checkpoint to write.")] = Path("soup.pt"),
+    greedy: Annotated[bool, typer.Option("--greedy", help="Greedy soup by ID val accuracy (else uniform).")] = False,
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda[:N] (greedy evaluation).")] = "cpu",
+    benchmarks: Benches = None,
+    data_root: DataRoot = None,
+) -> None:
+    """Model soups: the uniform or greedy (ID val) weight average of fine-tuned checkpoints."""
+    from .finetune import soup as make_soup
+
+    out.print(str(make_soup(ckpts, out_path, greedy=greedy, benchmarks=benchmarks, data_root=data_root, device=device)))
 
 
 @app.command()

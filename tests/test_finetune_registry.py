@@ -10,8 +10,9 @@ from oodbench.finetune.registry import _REGISTRY
 
 
 def test_builtins_registered_in_order_with_their_defaults():
-    assert RECIPES == ("lp", "ft", "lpft", "flyp", "lora")
-    assert DEFAULT_LR == {"ft": 1e-4, "lpft": 1e-4, "flyp": 1e-4, "lora": 1e-3}
+    assert RECIPES == ("lp", "ft", "lpft", "flyp", "lora", "lipsum")
+    assert DEFAULT_LR == {"ft": 1e-4, "lpft": 1e-4, "flyp": 1e-4, "lora": 1e-3, "lipsum": 1e-4}
+    assert get_recipe("lipsum").needs_reference and not get_recipe("ft").needs_reference
     assert get_recipe("lp").runs_itself and not get_recipe("lp").trains_towers
     modules = {name: get_recipe(name).fn.__module__ for name in RECIPES}
     assert modules == {
@@ -20,6 +21,7 @@ def test_builtins_registered_in_order_with_their_defaults():
         "lpft": "oodbench.finetune.recipes.ft",
         "flyp": "oodbench.finetune.recipes.flyp",
         "lora": "oodbench.finetune.recipes.lora",
+        "lipsum": "oodbench.finetune.recipes.lipsum",
     }
 
 

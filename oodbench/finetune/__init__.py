@@ -5,10 +5,10 @@
     wise_mix(res.path, [0.25, 0.5, 0.75], head="mix")
     study = run_study("digits", recipes=["lp", "ft", "flyp", "lora"], store="study_store")
 
-Recipes: ``lp``, ``ft``, ``lpft``, ``flyp``, ``lora``, one module each in
+Recipes: ``lp``, ``ft``, ``lpft``, ``flyp``, ``lora``, ``lipsum``, one module each in
 :mod:`oodbench.finetune.recipes`, registered in :mod:`oodbench.finetune.registry`; the shared
 loop in :mod:`oodbench.finetune.trainer`; regularisers ``l2sp``, ``feature``, ``ldifs`` in
-:mod:`oodbench.finetune.regularisers`; WiSE-FT mixing in :mod:`oodbench.finetune.wise`.
+:mod:`oodbench.finetune.regularisers`; WiSE-FT mixing in :mod:`oodbench.finetune.wise`; model soups in :mod:`oodbench.finetune.soup`.
 """
 
 from .lora import apply_lora, load_adapter, merged_state_dict, save_adapter
@@ -26,6 +26,7 @@ from .recipes import (
     recipe_names,
     register_recipe,
 )
+from .soup import greedy_soup, soup, uniform_soup
 from .study import StudyResult, parse_recipe, run_study
 from .wise import DEFAULT_ALPHAS, wise_mix, wise_path
 
@@ -42,6 +43,7 @@ __all__ = [
     "describe_checkpoint",
     "finetune",
     "fit_linear_probe",
+    "greedy_soup",
     "get_recipe",
     "load_adapter",
     "merged_state_dict",
@@ -50,6 +52,8 @@ __all__ = [
     "register_recipe",
     "run_study",
     "save_adapter",
+    "soup",
+    "uniform_soup",
     "wise_mix",
     "wise_path",
 ]

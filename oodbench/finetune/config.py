@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -11,10 +12,11 @@ from torch import nn
 
 from ..errors import OodbenchError, suggest
 from . import lora as lora_mod
+from .data import AUGMENTS, MAX_IN_MEMORY
 from .registry import DEFAULT_LR, get_recipe
 from .regularisers import DEFAULT_REG_WEIGHT, REGULARISERS
 
-STATE_FORMAT = "oodbench-finetune-state-v1"
+STATE_FORMAT = "oodbench-finetune-state-v2"
 CKPT_FORMAT_VERSION = 1
 
 
@@ -39,7 +41,17 @@ class FinetuneConfig:
     lora_towers: str = "both"  # visual | text | both
     lora_targets: str = "q,k,v,out"
     lp_c: float | None = None  # None: chosen on ID val from LP_GRID
-    augment_shift: int = 2  # random ±pixels translation of training images (0: off)
+    augment: str = "shift"  # none (eval preprocess) | shift (±augment_shift px) | rrc (RandomResizedCrop + flip)
+    augment_shift: int = 2  # augment shift: random ±pixels translation of training images
+    rrc_scale: float = 0.08  # augment rrc: smallest crop area fraction (CoOp / CLIP-LoRA: 0.08)
+    shots: int | None = None  # K images per class drawn from the ID train split (None: all)
+    epochs: float | None = None  # train this many passes over the split instead of ``steps``
+    accum_steps: int = 1  # micro-batches per optimizer step (batch_size is the global batch)
+    grad_clip: float | None = None  # clip the global gradient norm to this (None: off)
+    keep_best: bool = False  # export the weights of the evaluation with the best ID val accuracy
+    lipsum_texts: int = 80  # lipsum: random texts per step (Lipsum-FT token_k_ways)
+    lipsum_length: int = 8  # lipsum: random tokens per text (Lipsum-FT token_length)
+    lipsum_weight: float = 1.0  # lipsum: weight of the energy-matching term (feat_regularization)
     label_smoothing: float = 0.0
     flyp_head: bool = False  # FLYP: also write the rebuilt text head (wiseft format)
     name: str | None = None  # file stem; default recipe[-reg]
@@ -50,8 +62,11 @@ class FinetuneConfig:
     save_every: int = 50
     benchmarks: str | None = None  # a benchmarks YAML (default: the shipped one)
     data_root: str | None = None
+    workers: int = 2  # DataLoader workers of a split too large for memory
+    max_in_memory: int = MAX_IN_MEMORY  # larger training splits stream through the DataLoader
 
-    RUNTIME = ("device", "precision", "eval_every", "save_every", "benchmarks", "data_root")
+    RUNTIME = ("device", "precision", "eval_every", "save_every", "benchmarks", "data_root", "workers",
+               "max_in_memory")
 
     def __post_init__(self) -> None:
         self.recipe = self.recipe.lower().replace("-", "")
@@ -63,7 +78,22 @@ class FinetuneConfig:
                                 "does not apply.")
         if self.lora_towers not in lora_mod.TOWERS:
             raise suggest(self.lora_towers, lora_mod.TOWERS, "LoRA towers option")
-        for k in ("steps", "batch_size", "lora_rank", "eval_every", "save_every"):
+        if self.augment not in AUGMENTS:
+            raise suggest(self.augment, AUGMENTS, "augmentation")
+        if not 0 < self.rrc_scale <= 1:
+            raise OodbenchError(f"rrc_scale is a crop area fraction in (0, 1], got {self.rrc_scale}.")
+        if self.shots is not None and int(self.shots) < 1:
+            raise OodbenchError(f"shots must be ≥ 1 (or unset for the full split), got {self.shots}.")
+        if self.epochs is not None and not float(self.epochs) > 0:
+            raise OodbenchError(f"epochs must be > 0, got {self.epochs}.")
+        if self.grad_clip is not None and not float(self.grad_clip) > 0:
+            raise OodbenchError(f"grad_clip must be > 0, got {self.grad_clip}.")
+        if self.batch_size % max(1, int(self.accum_steps)) != 0:
+            raise OodbenchError(f"batch_size {self.batch_size} is not a multiple of accum_steps {self.accum_steps}.")
+        if int(self.workers) < 0:
+            raise OodbenchError(f"workers must be ≥ 0, got {self.workers}.")
+        for k in ("steps", "batch_size", "lora_rank", "eval_every", "save_every", "accum_steps", "lipsum_texts",
+                  "lipsum_length", "max_in_memory"):
             if int(getattr(self, k)) < 1:
                 raise OodbenchError(f"{k} must be ≥ 1, got {getattr(self, k)}.")
         if self.precision not in ("auto", "fp32", "fp16", "bf16"):
@@ -74,6 +104,12 @@ class FinetuneConfig:
     @property
     def run_name(self) -> str:
         return self.name or (self.recipe if self.reg == "none" else f"{self.recipe}-{self.reg}")
+
+    def total_steps(self, n_train: int) -> int:
+        """Optimizer steps: ``steps``, or ceil(epochs x N / batch_size) when ``epochs`` is set."""
+        if self.epochs is None:
+            return int(self.steps)
+        return max(1, math.ceil(float(self.epochs) * n_train / self.batch_size))
 
     @property
     def learning_rate(self) -> float:

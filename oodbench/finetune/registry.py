@@ -25,6 +25,7 @@ class RecipeSpec:
     lr: float | None = None
     runs_itself: bool = False  # fn runs the whole recipe (no shared gradient loop)
     trains_towers: bool = True  # False: a representation regulariser does not apply
+    needs_reference: bool = False  # the trainer keeps a frozen copy of the base model (t.reference)
 
 
 _REGISTRY: dict[str, RecipeSpec] = {}
@@ -33,14 +34,14 @@ DEFAULT_LR: dict[str, float] = {}
 
 
 def register_recipe(name: str, *, lr: float | None = None, runs_itself: bool = False,
-                    trains_towers: bool = True) -> Callable[[Callable], Callable]:
+                    trains_towers: bool = True, needs_reference: bool = False) -> Callable[[Callable], Callable]:
     """Decorator registering ``fn`` as recipe ``name``; a second recipe of that name is refused."""
 
     def wrap(fn: Callable) -> Callable:
         if name in _REGISTRY:
             raise ValueError(f"a fine-tuning recipe named {name!r} is already registered "
                              f"({_REGISTRY[name].fn.__module__})")
-        _REGISTRY[name] = RecipeSpec(name, fn, lr, runs_itself, trains_towers)
+        _REGISTRY[name] = RecipeSpec(name, fn, lr, runs_itself, trains_towers, needs_reference)
         if lr is not None:
             DEFAULT_LR[name] = float(lr)
         return fn

@@ -84,7 +84,7 @@ def parse_recipe(spec: str | FinetuneConfig, **defaults: Any) -> FinetuneConfig:
     if reg:
         kw["reg"] = reg
     types_ = {f: type(v) for f, v in FinetuneConfig(recipe="ft").to_dict().items()}
-    numeric = {"lr": float, "reg_weight": float, "lp_c": float}
+    numeric = {"lr": float, "reg_weight": float, "lp_c": float, "shots": int, "epochs": float, "grad_clip": float}
     for pair in pairs:
         k, eq, v = pair.partition("=")
         if not eq or k not in types_:

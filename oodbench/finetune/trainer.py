@@ -5,7 +5,7 @@ resumes, and exports the checkpoint.
 Every gradient recipe is seeded (batches, augmentation, head/LoRA init), runs under autocast on
 CUDA (bf16 where supported, else fp16 with a GradScaler), shows a rich progress bar with the loss
 and the ID validation accuracy, saves a resume state every ``save_every`` steps
-(``<name>.state.pt``: weights, optimizer, schedule, sampler RNG) and resumes from it. Exported
+(``<name>.state.pt``: weights, optimizer, schedule, step; batches are a function of (seed, step)) and resumes from it. Exported
 checkpoints (``<name>.pt``) carry an ``oodbench`` entry with the recipe, the full config, the
 base model's fingerprint (:func:`oodbench.models.fingerprint_state`) and the fingerprint the
 fine-tuned model will have in the store.
@@ -38,7 +38,16 @@ from .common import (
     embed_images,
 )
 from .config import CKPT_FORMAT_VERSION, STATE_FORMAT, FinetuneConfig, FinetuneResult
-from .data import BatchSampler, ImageSet, load_split, random_shift
+from .data import (
+    EpochStream,
+    ImageSet,
+    TrainTransform,
+    load_split,
+    random_shift,
+    rank_part,
+    step_generator,
+    train_batches,
+)
 from .probe import fit_linear_probe
 from .recipes.base import Recipe
 from .registry import get_recipe
@@ -67,7 +76,12 @@ class Trainer:
         self.cat = catalogue or load_catalogue(cfg.benchmarks)
         self.bench = self.cat.benchmark(cfg.benchmark)
         self.model_name, self.pretrained = _resolve_model(cfg, self.cat)
-        self.device = check_device(cfg.device)
+        from ..distributed import dist_info, init_from_env
+
+        self.device = init_from_env(check_device(cfg.device))  # torchrun: join the group, cuda:LOCAL_RANK
+        if self.device.startswith("cuda:"):
+            torch.cuda.set_device(self.device)
+        self.rank, self.world = dist_info()
         self.amp = amp_dtype(self.device, cfg.precision)
         self.store = store
         torch.manual_seed(cfg.seed)
@@ -81,6 +95,9 @@ class Trainer:
         self.tokens = self.tokenizer([t.format(c) for t in self.templates for c in self.classes]).to(self.device)
         self.history: list[dict[str, float]] = []
         self.lp_info: dict[str, Any] | None = None
+        self.step = self.micro = self.n_train = 0  # the current step / micro-batch (seeds its draws)
+        self.n_steps = cfg.steps
+        self.reference: nn.Module | None = None  # frozen copy of the base (feature/ldifs regularisers, lipsum)
 
     # -- paths
     @property
@@ -97,9 +114,21 @@ class Trainer:
 
     # -- data
     def data(self) -> tuple[ImageSet, ImageSet | None]:
-        train = load_split(self.cat, self.bench.id_train, self.preprocess, self.cfg.data_root)
-        val = load_split(self.cat, self.bench.id_val, self.preprocess, self.cfg.data_root) if self.bench.id_val else None
+        cfg = self.cfg
+        rrc = cfg.augment == "rrc"  # crops the decoded image: DataLoader workers decode it every step
+        train = load_split(self.cat, self.bench.id_train, self.preprocess, cfg.data_root,
+                           max_in_memory=0 if rrc and cfg.workers > 0 else cfg.max_in_memory, shots=cfg.shots,
+                           seed=cfg.seed, keep_raw=rrc)
+        val = (load_split(self.cat, self.bench.id_val, self.preprocess, cfg.data_root, max_in_memory=cfg.max_in_memory)
+               if self.bench.id_val else None)
+        self.n_train = len(train)
+        if cfg.shots:
+            info(f"{cfg.run_name}: {cfg.shots}-shot split of {self.bench.id_train}: {len(train)} images")
         return train, val
+
+    def rng(self, stream: str) -> torch.Generator:
+        """The generator of this step's (and micro-batch's) ``stream`` draws."""
+        return step_generator(self.cfg.seed, self.step, f"{stream}{self.micro}")
 
     def lp_features(self, data: ImageSet, dataset: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised embeddings of the base model: from the store when it has them, else computed."""
@@ -140,7 +169,7 @@ class Trainer:
         amp = {"device_type": self.device.split(":")[0], "dtype": self.amp or torch.float32, "enabled": self.amp is not None}
         with torch.autocast(**amp):
             recipe.begin_eval()
-        for x, y in val.all(256):
+        for x, y in val.all(256, self.cfg.workers):
             with torch.autocast(**amp):
                 logits = recipe.logits(x.to(self.device))
             correct += int((logits.argmax(1).cpu() == y).sum())
@@ -219,10 +248,18 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path = "finetune_runs", *, resu
     spec = get_recipe(cfg.recipe)
     if spec.runs_itself:
         return spec.fn(t, train, val, t0, resume, overwrite)
+    n_steps = cfg.total_steps(len(train))
+    t.n_steps = n_steps
+    if t.world > 1:
+        if cfg.batch_size % (t.world * cfg.accum_steps):
+            raise OodbenchError(f"torchrun with {t.world} ranks: --batch-size {cfg.batch_size} must be a multiple of "
+                                f"ranks x --accum-steps ({t.world * cfg.accum_steps}).")
+
     state = _existing_state(t, resume, overwrite)
     reference = None
-    if cfg.reg in ("feature", "ldifs"):  # the frozen zero-shot model, copied before any change
+    if cfg.reg in ("feature", "ldifs") or spec.needs_reference:  # the frozen zero-shot model, before any change
         reference = copy.deepcopy(t.model).eval().requires_grad_(False)
+    t.reference = reference
     t.init_params = {}
     if cfg.reg == "l2sp":  # L2-SP measures the drift from the base weights
         t.init_params = {n: p.detach().clone() for n, p in t.model.named_parameters()}
@@ -230,74 +267,143 @@ def finetune(cfg: FinetuneConfig, out_dir: str | Path = "finetune_runs", *, resu
     reg = Regulariser(cfg.reg, cfg.regulariser_weight, t.model, reference, recipe.drift) if cfg.reg != "none" else None
     named = recipe.named_parameters()
     opt = torch.optim.AdamW(_param_groups(named, cfg.weight_decay), lr=cfg.learning_rate)
-    sched = _schedule(opt, cfg.steps, cfg.warmup)
+    sched = _schedule(opt, n_steps, cfg.warmup)
     scaler = torch.amp.GradScaler("cuda", enabled=t.amp == torch.float16)
-    sampler = BatchSampler(len(train), cfg.batch_size, cfg.seed)
-    t.sampler = sampler
+    stream = EpochStream(len(train), cfg.batch_size, cfg.seed)
+    transform = TrainTransform(t.preprocess, cfg.augment, cfg.seed, (cfg.rrc_scale, 1.0))
     step, resumed_from = 0, 0
+    best: dict[str, Any] | None = None  # keep_best: {"step", "val_accuracy", "model", "recipe"}
     if state is not None:
         t.model.load_state_dict(state["model"])
         recipe.load_state_dict(state["recipe"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
         step = resumed_from = int(state["step"])
         t.history = list(state.get("history", []))
-    if resumed_from >= cfg.steps and t.ckpt_path.exists():
+        best = state.get("best")
+    if resumed_from >= n_steps and t.ckpt_path.exists():
         return _result(t, recipe, cfg, step, t.history[-1]["val_accuracy"] if t.history else None,
-                       resumed_from, t0, cached=True)
+                       resumed_from, t0, cached=True, best=best)
     if resumed_from:
-        info(f"{cfg.run_name}: resuming at step {resumed_from}/{cfg.steps} from {t.state_path}")
+        info(f"{cfg.run_name}: resuming at step {resumed_from}/{n_steps} (epoch {stream.epoch_of(step):.2f}) "
+             f"from {t.state_path}")
 
     def save_state(step: int) -> None:
+        if t.rank != 0:  # rank 0 writes; every rank holds the same weights
+            return
         _save_atomic({"format": STATE_FORMAT, "step": step, "identity": _jsonable(cfg.identity()),
                       "base_fingerprint": t.base_fingerprint, "model": t.model.state_dict(),
                       "recipe": recipe.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                      "scaler": scaler.state_dict(), "sampler": sampler.state_dict(),
-                      "torch_rng": torch.get_rng_state(), "history": t.history}, t.state_path)
+                      "scaler": scaler.state_dict(), "sampler": stream.state_dict(),
+                      "torch_rng": torch.get_rng_state(), "history": t.history, "best": best}, t.state_path)
 
-    end = cfg.steps if stop_after is None else min(cfg.steps, step + int(stop_after))
+    end = n_steps if stop_after is None else min(n_steps, step + int(stop_after))
     val_acc = t.history[-1]["val_accuracy"] if t.history else t.evaluate(recipe, val)
     t.model.train()
-    dev_type = t.device.split(":")[0]
+    accum = int(cfg.accum_steps)
     running = None
+    part = rank_part(cfg.batch_size, t.rank, t.world)
+    batches = train_batches(train, stream, transform, step, end, cfg.workers, t.device.startswith("cuda"), part)
     with progress("step") as bar:
-        task = bar.add_task(f"{cfg.run_name} on {cfg.benchmark}", total=cfg.steps, completed=step,
+        task = bar.add_task(f"{cfg.run_name} on {cfg.benchmark}", total=n_steps, completed=step,
                             rate=_rate(None, val_acc))
-        while step < end:
-            x, y = train.batch(sampler.next())
-            x = random_shift(x, cfg.augment_shift, sampler.gen)
+        for s, x, y in batches:
+            t.step = s
+            if cfg.augment == "shift":
+                fill = _global_min(x) if t.world > 1 else None  # the border of the whole global batch
+                x = random_shift(x, cfg.augment_shift, step_generator(cfg.seed, s, "shift"), part, cfg.batch_size, fill)
             x, y = x.to(t.device, non_blocking=True), y.to(t.device, non_blocking=True)
-            if reg is not None:
-                reg.reset()  # the block taps keep only this step's forward
-            with torch.autocast(dev_type, dtype=t.amp or torch.float32, enabled=t.amp is not None):
-                loss, z = recipe.loss(x, y)
-                if reg is not None:
-                    loss = loss + reg(x, z)
             opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            lv = accumulate_step(t, recipe, reg, x, y, accum, scaler, named, cfg.grad_clip, opt, t.world)
+            if t.world > 1:  # the ranks' shares of the global loss (a global loss counted once)
+                lv = _global_sum(lv) / (t.world if recipe.loss_is_global else 1)
             scaler.step(opt)
             scaler.update()
             sched.step()
             recipe.after_step()
-            step += 1
-            lv = float(loss.detach())
+            step = s + 1
             if not math.isfinite(lv):
                 raise OodbenchError(f"{cfg.run_name}: the loss became {lv} at step {step}: lower --lr.")
             running = lv if running is None else 0.9 * running + 0.1 * lv
-            if step % cfg.eval_every == 0 or step == cfg.steps:
+            if step % cfg.eval_every == 0 or step == n_steps:
                 val_acc = t.evaluate(recipe, val)
                 t.history.append({"step": step, "loss": round(running, 6),
                                   "val_accuracy": None if val_acc is None else round(val_acc, 6)})
+                if cfg.keep_best and val_acc is not None and (best is None or val_acc > best["val_accuracy"]):
+                    best = {"step": step, "val_accuracy": val_acc,
+                            "model": {k: v.detach().cpu().clone() for k, v in t.model.state_dict().items()},
+                            "recipe": copy.deepcopy(recipe.state_dict())}
             if step % cfg.save_every == 0 or step == end:
                 save_state(step)
             bar.update(task, advance=1, rate=_rate(running, val_acc))
-    if step < cfg.steps:
-        info(f"{cfg.run_name}: stopped at step {step}/{cfg.steps}; resume state in {t.state_path}")
+    if step < n_steps:
+        info(f"{cfg.run_name}: stopped at step {step}/{n_steps}; resume state in {t.state_path}")
         return _result(t, recipe, cfg, step, val_acc, resumed_from, t0, export=False)
-    return _result(t, recipe, cfg, step, val_acc, resumed_from, t0)
+    return _result(t, recipe, cfg, step, val_acc, resumed_from, t0, best=best)
+
+
+def accumulate_step(t: Trainer, recipe: Recipe, reg: Regulariser | None, x: torch.Tensor, y: torch.Tensor,
+                    accum: int, scaler: torch.amp.GradScaler, named: list[tuple[str, nn.Parameter]],
+                    grad_clip: float | None = None, opt: torch.optim.Optimizer | None = None,
+                    world: int = 1) -> float:
+    """Forward + backward of one global batch (B) as ``accum`` micro-batches (B / accum each): each
+    micro-batch's mean loss is weighted by its share of B, so the summed gradients are those of the
+    global batch's mean loss; then the global gradient norm is clipped to ``grad_clip``. Returns
+    the global batch's mean loss."""
+    dev_type = t.device.split(":")[0]
+    lv = 0.0
+    for t.micro, (xm, ym) in enumerate(zip(x.chunk(accum), y.chunk(accum), strict=True)):
+        if reg is not None:
+            reg.reset()  # the block taps keep only this micro-batch's forward
+        with torch.autocast(dev_type, dtype=t.amp or torch.float32, enabled=t.amp is not None):
+            loss, z = recipe.loss(xm, ym)
+            if reg is not None:
+                loss = loss + reg(xm, z)
+        share = xm.shape[0] / (x.shape[0] * world)
+        scaler.scale(loss * share).backward()
+        lv += float(loss.detach()) * share
+    t.micro = 0
+    if world > 1:
+        _all_reduce_grads([p for _, p in named if p.requires_grad])
+    if grad_clip is not None:
+        if opt is not None:
+            scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_([p for _, p in named if p.grad is not None], float(grad_clip))
+    return lv
+
+
+def _all_reduce_grads(params: list[nn.Parameter]) -> None:
+    """Sum the gradients over ranks in one flat all-reduce (what DDP's buckets do; done by hand
+    because the recipes call encode_image / encode_text, which bypass DistributedDataParallel.forward)."""
+    import torch.distributed as dist
+
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    o = 0
+    for p in params:
+        p.grad.copy_(flat[o:o + p.numel()].view_as(p.grad))
+        o += p.numel()
+
+
+def _global_min(x: torch.Tensor) -> float:
+    import torch.distributed as dist
+
+    m = x.min().detach().float().reshape(1).clone()
+    dist.all_reduce(m, op=dist.ReduceOp.MIN)
+    return float(m)
+
+
+def _global_sum(v: float) -> float:
+    import torch.distributed as dist
+
+    t = torch.tensor([v], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t)
 
 
 def _rate(loss: float | None, acc: float | None) -> str:
@@ -333,7 +439,13 @@ def _existing_state(t: Trainer, resume: bool, overwrite: bool) -> dict | None:
 
 
 def _result(t: Trainer, recipe: Recipe, cfg: FinetuneConfig, step: int, val_acc: float | None, resumed_from: int,
-            t0: float, export: bool = True, cached: bool = False) -> FinetuneResult:
+            t0: float, export: bool = True, cached: bool = False, best: dict | None = None) -> FinetuneResult:
+    best_meta = {}
+    if best is not None:  # keep_best: export the best-on-ID-val weights (never chosen on OoD data)
+        t.model.load_state_dict(best["model"])
+        recipe.load_state_dict(best["recipe"])
+        val_acc = best["val_accuracy"]
+        best_meta = {"best_step": best["step"], "final_step": step}
     # as load_model() returns it: eval mode, every parameter requires grad (frozen parameters switch
     # nn.MultiheadAttention to its fused inference path, whose numbers differ in the last bits)
     t.model.eval().requires_grad_(True)
@@ -341,8 +453,13 @@ def _result(t: Trainer, recipe: Recipe, cfg: FinetuneConfig, step: int, val_acc:
     sd = recipe.export_state()
     fp = _state_fingerprint(sd, *head, t.model_name)
     adapter = t.adapter_path if recipe.writes_adapter else None
-    if export and not cached:
-        extra = {"train_seconds": round(time.time() - t0, 2), **recipe.export_meta()}
+    if t.world > 1:
+        from ..distributed import barrier
+
+        barrier()  # every rank has finished its steps
+    if export and not cached and t.rank == 0:
+        extra = {"world_size": t.world, "train_seconds": round(time.time() - t0, 2), "train_images": t.n_train,
+                 "total_steps": t.n_steps, **best_meta, **recipe.export_meta()}
         _, fp = t.export(sd, head, head_init, step, val_acc, extra)
         if adapter is not None:
             recipe.save_adapter(adapter)
@@ -351,6 +468,10 @@ def _result(t: Trainer, recipe: Recipe, cfg: FinetuneConfig, step: int, val_acc:
     elif cached:
         info(f"[dim]cached[/] {cfg.run_name}: {t.ckpt_path}")
         t0 = time.time() - float(describe_checkpoint(t.ckpt_path).get("train_seconds") or 0.0)
+    if t.world > 1:
+        from ..distributed import barrier
+
+        barrier()  # the checkpoint exists before any rank returns
     return FinetuneResult(path=t.ckpt_path, config=cfg, model=t.model, head_weight=head[0], head_bias=head[1],
                           preprocess=t.preprocess, tokenizer=t.tokenizer, base_fingerprint=t.base_fingerprint,
                           fingerprint=fp, step=step, val_accuracy=val_acc, history=list(t.history),

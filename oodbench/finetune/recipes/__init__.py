@@ -14,6 +14,8 @@ recipe     what trains, with which loss                                         
 ``lora``   LoRA on the attention q, k, v, out projections of the chosen towers, CE over      ``open_clip``
            the text classifier of the (adapted) text tower, as CLIP-LoRA (Zanella & Ben      merged +
            Ayed, 2024); merged on save, adapter also saved unmerged (:mod:`.lora`)           adapter
+``lipsum`` ``ft`` + Lipsum-FT's energy matching on random texts against the zero-shot       ``wiseft``
+           model (Nam et al., ICLR 2024) (:mod:`.lipsum`)
 =========  ===============================================================================  ==========
 
 A new recipe is one module here: a :class:`~.base.Recipe` subclass and a builder decorated with
@@ -30,7 +32,7 @@ from ..regularisers import REGULARISERS
 from ..trainer import finetune
 
 # isort: off
-from . import lp, ft, flyp, lora  # noqa: F401  (register the built-ins, in this order)
+from . import lp, ft, flyp, lora, lipsum  # noqa: F401  (register the built-ins, in this order)
 # isort: on
 from .base import Recipe
 

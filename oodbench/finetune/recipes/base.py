@@ -17,6 +17,7 @@ class Recipe:
 
     uses_text_head = True  # the classifier is the text tower's zero-shot head (no linear head)
     writes_adapter = False  # also writes <name>.lora.pt (see save_adapter)
+    loss_is_global = False  # torchrun: loss() returns world x the global batch's loss on every rank (FLYP)
 
     def __init__(self, t: Trainer) -> None:
         self.t = t

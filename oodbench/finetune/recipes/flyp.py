@@ -30,19 +30,30 @@ class FLYP(Recipe):
     def named_parameters(self):
         return list(self.t.model.named_parameters())
 
+    loss_is_global = True  # under torchrun every rank computes the loss of the whole global batch
+
     def loss(self, x, y):
         t = self.t
-        tmpl = torch.randint(0, t.n_templates, (x.shape[0],), generator=t.sampler.gen).to(y.device)
-        cap = tmpl * t.n_classes + y  # index into the (T*C) prompt tokens
+        n, world = x.shape[0], t.world
+        # templates drawn for the whole global batch, this rank's slice taken (as one process draws them)
+        tmpl = torch.randint(0, t.n_templates, (n * world,), generator=t.rng("flyp"))[t.rank * n:(t.rank + 1) * n]
+        cap = tmpl.to(y.device) * t.n_classes + y  # index into the (T*C) prompt tokens
         uniq, inv = torch.unique(cap, return_inverse=True)
         txt = F.normalize(t.model.encode_text(t.tokens[uniq]).float(), dim=-1)[inv]
         z = t.model.encode_image(x)
         img = F.normalize(z.float(), dim=-1)
-        logits = t.model.logit_scale.exp().float() * img @ txt.T
+        scale = t.model.logit_scale.exp().float()
+        if world > 1:  # open_clip's gather_features (no grad through the others' features)
+            img, txt, y = _gather(img), _gather(txt), _gather(y)
+            # each rank backpropagates the whole loss through its own features; summed over ranks that is
+            # the loss' gradient, except for the logit scale, which every rank sees whole: 1/world of it each
+            scale = scale.detach() + (scale - scale.detach()) / world
+        logits = scale * img @ txt.T
         # same-class captions are positives too (a batch of a few classes repeats captions)
         target = (y[:, None] == y[None, :]).float()
         target = target / target.sum(1, keepdim=True)
-        return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)), z
+        loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+        return loss * world, z  # the trainer weighs each rank's loss by 1/world
 
     def after_step(self):
         with torch.no_grad():
@@ -68,6 +79,16 @@ class FLYP(Recipe):
         if text is None:
             text = class_text_embeddings(t.model, t.tokens, t.n_templates, t.n_classes)
         return t.model.logit_scale.exp().float() * F.normalize(t.model.encode_image(x).float(), dim=-1) @ text.T
+
+
+def _gather(v: torch.Tensor) -> torch.Tensor:
+    """All ranks' ``v`` concatenated in rank order; this rank's part keeps its gradient."""
+    import torch.distributed as dist
+
+    parts = [torch.empty_like(v) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, v.detach().contiguous())
+    parts[dist.get_rank()] = v
+    return torch.cat(parts)
 
 
 @register_recipe("flyp", lr=1e-4)
