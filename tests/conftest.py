@@ -32,3 +32,14 @@ def digits_store(tmp_path_factory: pytest.TempPathFactory, _cache) -> dict:
     key = api.extract(benchmark="digits", store=store, layers="all", local=True, device="cpu")
     records = api.score(benchmark="digits", store=store, model_key=key)
     return {"store": store, "key": key, "records": {r.method: r for r in records}}
+
+
+@pytest.fixture(scope="module")
+def two_torch_threads():
+    """At most two torch threads for a module's training tests (CI has two cores), restored after."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(min(n, 2))
+    yield
+    torch.set_num_threads(n)

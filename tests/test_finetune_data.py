@@ -25,12 +25,7 @@ from oodbench.models.tiny import TINY_MODEL
 FAST = {"pretrained": None, "steps": 3, "batch_size": 8, "eval_every": 3, "save_every": 3, "device": "cpu"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(min(n, 2))
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("two_torch_threads")
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,7 @@ from oodbench.finetune.trainer import Trainer, _schedule, accumulate_step
 FAST = {"pretrained": None, "steps": 3, "batch_size": 16, "eval_every": 3, "save_every": 3, "device": "cpu"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(min(n, 2))
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("two_torch_threads")
 
 
 def test_warmup_cosine_matches_hand_computation():

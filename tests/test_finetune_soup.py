@@ -26,12 +26,7 @@ FAST = {"pretrained": None, "steps": 2, "batch_size": 16, "eval_every": 2, "save
 U = 2**-24
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(min(n, 2))
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("two_torch_threads")
 
 
 @pytest.fixture(scope="module")
