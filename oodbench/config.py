@@ -50,7 +50,9 @@ class ShiftSet:
 
     ``classes``: indices into the benchmark's classes that the set covers (ImageNet-R/-A's 200),
     or None for all; accuracy then takes the argmax over these logits only (WiSE-FT's masking).
-    The set's labels are indices into the benchmark's classes either way. ``reference``:
+    ``labels``: ``"benchmark"`` (default: the set's labels index the benchmark's classes, as in
+    OpenOOD's lists) or ``"subset"`` (label j is ``classes[j]``: a class-folder tree of only the
+    subset's folders, sorted like the benchmark's classes, e.g. ImageNet-R/-A). ``reference``:
     (slope, intercept) of an effective-robustness reference line in logit space,
     ``logit(shift acc) = slope * logit(ID acc) + intercept`` (Taori et al. 2020), or None.
     """
@@ -58,6 +60,7 @@ class ShiftSet:
     dataset: str
     classes: list[int] | None = None
     reference: tuple[float, float] | None = None
+    labels: str = "benchmark"
 
 
 @dataclass
@@ -172,6 +175,11 @@ def _text_value(path: Path, where: str, value: Any) -> None:
                 f"{'an empty list' if value == [] else repr(value)}")
 
 
+SHIFT_KEYS = ("dataset", "classes", "reference", "labels")
+CLASS_SUBSETS = {"imagenet-r-200": "imagenet_r_200.txt", "imagenet-a-200": "imagenet_a_200.txt"}
+"""Named class subsets of a shift set (ImageNet-1k indices, WiSE-FT's lists) in oodbench/resources."""
+
+
 def _shift_sets(path: Path, where: str, raw: Any, datasets: dict, classes: list[str]) -> dict[str, ShiftSet]:
     """The validated ``shift:`` list of one benchmark (dataset names or mappings)."""
     if raw is None:
@@ -185,15 +193,24 @@ def _shift_sets(path: Path, where: str, raw: Any, datasets: dict, classes: list[
         if not isinstance(item, dict) or "dataset" not in item:
             raise _fail(path, at, "must be a dataset name or a mapping with a 'dataset' key")
         for k in item:
-            if k not in ("dataset", "classes", "reference"):
-                raise suggest(str(k), ("dataset", "classes", "reference"), "key", where=f"{path}: {at}")
+            if k not in SHIFT_KEYS:
+                raise suggest(str(k), SHIFT_KEYS, "key", where=f"{path}: {at}")
         (dataset,) = _names(path, f"{at}.dataset", item["dataset"], datasets)
         if dataset in out:
             raise _fail(path, at, f"dataset {dataset!r} is listed twice")
         subset = item.get("classes")
+        if isinstance(subset, str) and (subset.startswith("file:") or subset in CLASS_SUBSETS):
+            named = Path(__file__).with_name("resources") / CLASS_SUBSETS.get(subset, "")
+            try:  # one index or class name a line
+                lines = resolve_classes(f"file:{named}" if subset in CLASS_SUBSETS else subset, path.parent)
+            except OodbenchError as exc:
+                raise _fail(path, f"{at}.classes", str(exc)) from None
+            subset = [int(c) if c.isdigit() else c for c in lines]
         if subset is not None:
             if not isinstance(subset, list) or not subset:
-                raise _fail(path, f"{at}.classes", "must be a non-empty list of class indices or class names")
+                raise _fail(path, f"{at}.classes",
+                            "must be a non-empty list of class indices or class names, file:PATH or one of "
+                            + ", ".join(CLASS_SUBSETS))
             index = {c: j for j, c in enumerate(classes)}
             ids = []
             for c in subset:
@@ -214,7 +231,11 @@ def _shift_sets(path: Path, where: str, raw: Any, datasets: dict, classes: list[
             if not ok:
                 raise _fail(path, f"{at}.reference", "must be {slope: number, intercept: number} (logit space)")
             ref = (float(ref["slope"]), float(ref["intercept"]))
-        out[dataset] = ShiftSet(dataset, subset, ref)
+        labels = item.get("labels", "benchmark")
+        if labels not in ("benchmark", "subset") or (labels == "subset" and subset is None):
+            raise _fail(path, f"{at}.labels", "must be 'benchmark' (labels index the benchmark's classes) "
+                        "or 'subset' (label j is classes[j]; needs classes)")
+        out[dataset] = ShiftSet(dataset, subset, ref, labels)
     return out
 
 

@@ -342,8 +342,14 @@ def head_outcomes(run: ScoringRun) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     out = {}
     for name, x in {"": run.test, **run.shift}.items():
         logits, labels = np.asarray(x.logits, np.float64), np.asarray(x.labels).ravel()
-        subset = run.benchmark.shift[name].classes if name else None
+        spec = run.benchmark.shift[name] if name else None
+        subset = spec.classes if spec else None
         cols = np.arange(logits.shape[1]) if subset is None else np.asarray(subset, np.int64)
+        if spec is not None and spec.labels == "subset":  # label j is subset class j
+            if labels.max(initial=-1) >= cols.size:
+                raise OodbenchError(f"{name}: label {int(labels.max())} is out of range for its "
+                                    f"{cols.size}-class subset: check the set's classes in the benchmark.")
+            labels = np.where(labels >= 0, cols[np.clip(labels, 0, None)], -1)
         if name and (labels.max(initial=-1) >= logits.shape[1] or cols.max() >= logits.shape[1]):
             raise OodbenchError(
                 f"{name}: labels/class subset index up to {max(labels.max(initial=-1), cols.max())} but the "

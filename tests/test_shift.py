@@ -56,6 +56,8 @@ def test_shift_entry_with_subset_and_reference(tmp_path):
     ("[{dataset: s, classes: [0, 0]}]", "lists a class twice"),
     ("[{dataset: s, reference: {slope: 1}}]", "reference: must be"),
     ("[{dataset: s, weight: 2}]", "weight"),
+    ("[{dataset: s, labels: subset}]", "needs classes"),
+    ("[{dataset: s, classes: nosuch}]", "imagenet-r-200"),
 ])
 def test_bad_shift_entries_name_the_key(tmp_path, spec, needle):
     with pytest.raises(OodbenchError, match="benchmarks.b.shift") as e:
