@@ -290,6 +290,21 @@ def report(records: list[ScoreRecord] | None = None, *, fmt: str = "rich", score
     return render(df, fmt, **kwargs)
 
 
+def failure_report(records: list[ScoreRecord] | None = None, *, fmt: str = "rich",
+                   scores: list[str | Path] | None = None, store: str | Path | None = None,
+                   methods: list[str] | None = None, title: str | None = None):
+    """The robustness / failure-detection table (:func:`~oodbench.tables.failure_table`) of
+    records scored with covariate-shift sets, rendered by :func:`~oodbench.report.render_failure`."""
+    from .report import failure_table, render_failure
+
+    records = records if records is not None else load_scores(scores, store)
+    if methods:
+        records = [r for r in records if r.method in methods or r.label in methods]
+    if not records:
+        raise OodbenchError("No scores to report: check --method or run `oodbench score`.")
+    return render_failure(failure_table(records), fmt, title)
+
+
 def run(benchmark: str = DEFAULT_BENCHMARK, *, model: str | None = None, pretrained: str | None = None,
         ckpt: str | Path | None = None, methods: list[str] | str = SPINE_METHODS, store: str | Path | None = None,
         benchmarks: str | Path | Catalogue | None = None, data_root: str | Path | None = None,

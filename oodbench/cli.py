@@ -183,7 +183,7 @@ def report(
     latex: Annotated[bool, typer.Option("--latex", help="Shorthand for --format latex.")] = False,
     standalone: Annotated[bool, typer.Option("--standalone", help="LaTeX: a complete compilable document.")] = False,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")] = None,
-    metric: Annotated[list[str] | None, typer.Option("--metric", help="Metrics: auroc fpr95 aupr_in aupr_out.")] = None,
+    metric: Annotated[list[str] | None, typer.Option("--metric", help="Metrics: auroc fpr95 aupr_in aupr_out; with shift sets also fsood_auroc shift_accuracy aurc eaurc failure_auroc.")] = None,
     fpr: Annotated[Fpr, typer.Option("--fpr", help="FPR@95 convention: id (classic, ID positive), ood (OpenOOD v1.5), both.")] = Fpr.id,
     method: Methods = None,
     baseline: Annotated[str | None, typer.Option("--baseline", help="Model label to show deltas against.")] = None,
@@ -192,6 +192,7 @@ def report(
     seed: Annotated[int, typer.Option("--seed")] = 0,
     plots: Annotated[Path | None, typer.Option("--plots", help="Also write plots (PNG+PDF) to this directory.")] = None,
     wide: Annotated[bool, typer.Option("--wide", help="Terminal: every metric of every set in one table, full width.")] = False,
+    failure: Annotated[bool, typer.Option("--failure", help="The robustness / failure-detection table instead (needs shift sets).")] = False,
     store: Store_ = None,
 ) -> None:
     """Tables (and plots) of AUROC, FPR@95, AUPR and ID accuracy from score files.
@@ -204,6 +205,18 @@ def report(
         _check_output(output)
     records = api.load_scores(scores, store)
     methods = None if not method else [m for v in method for m in v.split(",")]
+    if failure:
+        result = api.failure_report(records, fmt=fmt_value, methods=methods)
+        if not isinstance(result, str) and (output or not out.is_terminal):
+            from .report import to_text
+
+            result = to_text(result)
+        if output:
+            output.write_text(result)
+            console.print(f"wrote {output}")
+        else:
+            out.print(result, soft_wrap=True, highlight=False, markup=False)
+        return
     result = api.report(records, fmt=fmt_value, baseline=baseline, ci=ci, n_boot=n_boot, seed=seed,
                         metrics=tuple(metric or ("auroc", "fpr95")), fpr=fpr.value, methods=methods,
                         standalone=standalone, layout="wide" if wide else "compact")

@@ -13,6 +13,8 @@ Schema (see the shipped benchmarks.yaml)::
         id: {train: <dataset>, val: <dataset>, test: <dataset>}   # val optional
         ood: {near: [<dataset>...], far: [<dataset>...]}
         ood_val: [<dataset>...]                                   # optional, for --tune
+        shift: [<dataset> | {dataset: <dataset>, classes: [..], reference: {slope: s, intercept: b}}]
+                # optional covariate-shift sets: labelled images of the ID classes (see ShiftSet)
         params: [method.param=value, ...]   # optional per-benchmark scorer defaults (e.g. vim.dim
                                             # for a small embedding); CLI --param overrides them
 
@@ -34,11 +36,31 @@ from .text import resolve_classes, resolve_templates
 
 PACKAGE_CATALOGUE = Path(__file__).with_name("benchmarks.yaml")
 DEFAULT_BENCHMARK = "digits"
-BENCH_KEYS = {"description", "model", "classes", "templates", "id", "ood", "ood_val", "params", "notes"}
+BENCH_KEYS = {"description", "model", "classes", "templates", "id", "ood", "ood_val", "params", "notes",
+              "shift"}
 REQUIRED_BENCH_KEYS = ("classes", "id", "ood")
 CATALOGUE_VERSIONS = (1,)
 CATALOGUE_DATASET_KEYS = ("expected_rows",)  # read by the catalogue itself, not by the source kind
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # names become file names in the store
+
+
+@dataclass
+class ShiftSet:
+    """One covariate-shift set of a benchmark: labelled images of (a subset of) the ID classes.
+
+    ``classes``: indices into the benchmark's classes that the set covers (ImageNet-R/-A's 200),
+    or None for all; accuracy then takes the argmax over these logits only (WiSE-FT's masking).
+    ``labels``: ``"benchmark"`` (default: the set's labels index the benchmark's classes, as in
+    OpenOOD's lists) or ``"subset"`` (label j is ``classes[j]``: a class-folder tree of only the
+    subset's folders, sorted like the benchmark's classes, e.g. ImageNet-R/-A). ``reference``:
+    (slope, intercept) of an effective-robustness reference line in logit space,
+    ``logit(shift acc) = slope * logit(ID acc) + intercept`` (Taori et al. 2020), or None.
+    """
+
+    dataset: str
+    classes: list[int] | None = None
+    reference: tuple[float, float] | None = None
+    labels: str = "benchmark"
 
 
 @dataclass
@@ -56,6 +78,7 @@ class Benchmark:
     description: str = ""
     model: dict[str, Any] = field(default_factory=dict)
     params: list[str] = field(default_factory=list)
+    shift: dict[str, ShiftSet] = field(default_factory=dict)  # dataset name -> its shift set
 
     def splits(self, include_val: bool = True) -> list[str]:
         """Dataset names to extract, ID first."""
@@ -63,6 +86,7 @@ class Benchmark:
         if include_val and self.id_val:
             out.append(self.id_val)
         out += list(self.ood)
+        out += [d for d in self.shift if d not in out]
         if include_val:
             out += [d for d in self.ood_val if d not in out]
         return list(dict.fromkeys(out))
@@ -151,6 +175,70 @@ def _text_value(path: Path, where: str, value: Any) -> None:
                 f"{'an empty list' if value == [] else repr(value)}")
 
 
+SHIFT_KEYS = ("dataset", "classes", "reference", "labels")
+CLASS_SUBSETS = {"imagenet-r-200": "imagenet_r_200.txt", "imagenet-a-200": "imagenet_a_200.txt"}
+"""Named class subsets of a shift set (ImageNet-1k indices, WiSE-FT's lists) in oodbench/resources."""
+
+
+def _shift_sets(path: Path, where: str, raw: Any, datasets: dict, classes: list[str]) -> dict[str, ShiftSet]:
+    """The validated ``shift:`` list of one benchmark (dataset names or mappings)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, list):
+        raise _fail(path, where, "must be a list of dataset names or {dataset, classes, reference} mappings")
+    out: dict[str, ShiftSet] = {}
+    for i, item in enumerate(raw):
+        at = f"{where}[{i}]"
+        item = {"dataset": item} if isinstance(item, str) else item
+        if not isinstance(item, dict) or "dataset" not in item:
+            raise _fail(path, at, "must be a dataset name or a mapping with a 'dataset' key")
+        for k in item:
+            if k not in SHIFT_KEYS:
+                raise suggest(str(k), SHIFT_KEYS, "key", where=f"{path}: {at}")
+        (dataset,) = _names(path, f"{at}.dataset", item["dataset"], datasets)
+        if dataset in out:
+            raise _fail(path, at, f"dataset {dataset!r} is listed twice")
+        subset = item.get("classes")
+        if isinstance(subset, str) and (subset.startswith("file:") or subset in CLASS_SUBSETS):
+            named = Path(__file__).with_name("resources") / CLASS_SUBSETS.get(subset, "")
+            try:  # one index or class name a line
+                lines = resolve_classes(f"file:{named}" if subset in CLASS_SUBSETS else subset, path.parent)
+            except OodbenchError as exc:
+                raise _fail(path, f"{at}.classes", str(exc)) from None
+            subset = [int(c) if c.isdigit() else c for c in lines]
+        if subset is not None:
+            if not isinstance(subset, list) or not subset:
+                raise _fail(path, f"{at}.classes",
+                            "must be a non-empty list of class indices or class names, file:PATH or one of "
+                            + ", ".join(CLASS_SUBSETS))
+            index = {c: j for j, c in enumerate(classes)}
+            ids = []
+            for c in subset:
+                if type(c) is int and 0 <= c < len(classes):
+                    ids.append(c)
+                elif isinstance(c, str) and c in index:
+                    ids.append(index[c])
+                else:
+                    raise _fail(path, f"{at}.classes", f"{c!r} is neither a class name nor an index in "
+                                f"0..{len(classes) - 1} of the benchmark's classes")
+            if len(set(ids)) != len(ids):
+                raise _fail(path, f"{at}.classes", "lists a class twice")
+            subset = ids
+        ref = item.get("reference")
+        if ref is not None:
+            ok = isinstance(ref, dict) and set(ref) == {"slope", "intercept"} and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in ref.values())
+            if not ok:
+                raise _fail(path, f"{at}.reference", "must be {slope: number, intercept: number} (logit space)")
+            ref = (float(ref["slope"]), float(ref["intercept"]))
+        labels = item.get("labels", "benchmark")
+        if labels not in ("benchmark", "subset") or (labels == "subset" and subset is None):
+            raise _fail(path, f"{at}.labels", "must be 'benchmark' (labels index the benchmark's classes) "
+                        "or 'subset' (label j is classes[j]; needs classes)")
+        out[dataset] = ShiftSet(dataset, subset, ref, labels)
+    return out
+
+
 def _benchmark(path: Path, name: str, raw: Any, datasets: dict) -> Benchmark:
     where = f"benchmarks.{name}"
     if not isinstance(raw, dict):
@@ -201,6 +289,7 @@ def _benchmark(path: Path, name: str, raw: Any, datasets: dict) -> Benchmark:
         id_val=ids.get("val"), ood=groups,
         ood_val=_names(path, f"{where}.ood_val", raw.get("ood_val", []), datasets),
         description=str(raw.get("description", "")).strip(), model=model,
+        shift=_shift_sets(path, f"{where}.shift", raw.get("shift"), datasets, classes),
     )
 
 

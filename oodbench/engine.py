@@ -240,6 +240,7 @@ class ScoringRun:
     inputs: dict[str, Inputs]
     ood: dict[str, Inputs]
     ood_val: dict[str, Inputs] = field(default_factory=dict)
+    shift: dict[str, Inputs] = field(default_factory=dict)  # covariate-shift dataset -> Inputs
     ref_view: ModelView | None = None
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     head_templates: str = "ensemble"
@@ -269,6 +270,7 @@ class Scored:
     fit_info: dict[str, Any]
     seconds: float
     score_seconds: float
+    shift_scores: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def check_reference(store: Store, key: str, scorers: list, reference_key: str | None) -> str | None:
@@ -306,10 +308,58 @@ def build_inputs(store: Store, key: str, benchmark: Benchmark, head: str = "zero
                 f"{'id.val' if not benchmark.id_val else 'ood_val'}."
             )
         run.ood_val = {d: load_inputs(store, view, d, h, "ood_val") for d in benchmark.ood_val}
+    run.shift = load_shift_inputs(store, view, benchmark, h)
     if reference_key:
         run.ref_view = load_model_view(store, reference_key, benchmark)
-        attach_reference(store, run.ref_view, {**run.inputs, **run.ood, **run.ood_val}, head_templates)
+        attach_reference(store, run.ref_view, {**run.inputs, **run.ood, **run.ood_val, **run.shift},
+                         head_templates)
     return run
+
+
+def load_shift_inputs(store: Store, view: ModelView, benchmark: Benchmark, head: Head) -> dict[str, Inputs]:
+    """Inputs of the benchmark's covariate-shift sets (split ``"shift"``). A set the store has
+    no features for is left out with one warning line (stores extracted before the benchmark
+    had it stay scoreable); its accuracy and scores are then absent, never guessed."""
+    out, missing = {}, []
+    for d in benchmark.shift:
+        if store.features_path(view.key, d).exists():
+            out[d] = load_inputs(store, view, d, head, "shift")
+        else:
+            missing.append(d)
+    if missing:
+        warn(f"shift set(s) {', '.join(missing)} not extracted for {view.key}: scored without them "
+             f"(oodbench extract --dataset {missing[0]} ... adds them).")
+    return out
+
+
+def head_outcomes(run: ScoringRun) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per covariate-shift set and for the ID test split (key ``""``): (correct, confidence) of
+    the head, both (N,) in row order. ``correct`` is int8: 1 right, 0 wrong, -1 unknown label;
+    the argmax (and the softmax) run over the set's class subset when it has one.
+    ``confidence`` is the maximum softmax probability of the head (for ECE)."""
+    from .metrics import softmax
+
+    out = {}
+    for name, x in {"": run.test, **run.shift}.items():
+        logits, labels = np.asarray(x.logits, np.float64), np.asarray(x.labels).ravel()
+        spec = run.benchmark.shift[name] if name else None
+        subset = spec.classes if spec else None
+        cols = np.arange(logits.shape[1]) if subset is None else np.asarray(subset, np.int64)
+        if spec is not None and spec.labels == "subset":  # label j is subset class j
+            if labels.max(initial=-1) >= cols.size:
+                raise OodbenchError(f"{name}: label {int(labels.max())} is out of range for its "
+                                    f"{cols.size}-class subset: check the set's classes in the benchmark.")
+            labels = np.where(labels >= 0, cols[np.clip(labels, 0, None)], -1)
+        if name and (labels.max(initial=-1) >= logits.shape[1] or cols.max() >= logits.shape[1]):
+            raise OodbenchError(
+                f"{name}: labels/class subset index up to {max(labels.max(initial=-1), cols.max())} but the "
+                f"{run.head.name} head has {logits.shape[1]} classes: shift-set labels must index the "
+                "benchmark's classes."
+            )
+        prob = softmax(logits[:, cols])
+        correct = np.where(labels >= 0, cols[prob.argmax(1)] == labels, -1).astype(np.int8)
+        out[name] = (correct, prob.max(1))
+    return out
 
 
 def fit_split_inputs(run: ScoringRun, scorer) -> Inputs | None:
@@ -354,8 +404,10 @@ def run_scorer(run: ScoringRun, scorer) -> Scored:
     t_score = time.time()
     id_scores = score_set(scorer, run.test, run.benchmark.id_test)
     ood_scores = {d: score_set(scorer, x, d) for d, x in run.ood.items()}
+    shift_scores = {d: score_set(scorer, x, d) for d, x in run.shift.items()}
     now = time.time()
-    return Scored(scorer, id_scores, ood_scores, tuning, fit_info, round(now - t0, 3), round(now - t_score, 3))
+    return Scored(scorer, id_scores, ood_scores, tuning, fit_info, round(now - t0, 3), round(now - t_score, 3),
+                  shift_scores)
 
 
 def record_provenance(run: ScoringRun, res: Scored) -> dict[str, Any]:
@@ -374,18 +426,23 @@ def record_provenance(run: ScoringRun, res: Scored) -> dict[str, Any]:
     if run.ref_view is not None and "reference" in scorer.needs:
         prov["reference_model"] = {"model_key": run.ref_view.key, "fingerprint": run.ref_view.fingerprint,
                                    "model": run.ref_view.attrs.get("label", run.ref_view.key)}
-    prov["feature_files"] = {d: x.extra["file"] for d, x in {**run.inputs, **run.ood}.items()}
+    prov["feature_files"] = {d: x.extra["file"] for d, x in {**run.inputs, **run.ood, **run.shift}.items()}
     return prov
 
 
-def make_record(run: ScoringRun, res: Scored, accuracy: float, correct: np.ndarray) -> ScoreRecord:
-    """Step 6: the ScoreRecord of one scored method."""
+def make_record(run: ScoringRun, res: Scored, accuracy: float, correct: np.ndarray,
+                outcomes: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> ScoreRecord:
+    """Step 6: the ScoreRecord of one scored method (``outcomes``: :func:`head_outcomes`)."""
     view, bench = run.view, run.benchmark
+    outcomes = outcomes or {}
+    shift = {d: {"classes": bench.shift[d].classes, "reference": bench.shift[d].reference} for d in res.shift_scores}
     return ScoreRecord(
         model=view.attrs.get("label", run.key), model_key=run.key, fingerprint=view.fingerprint,
         benchmark=bench.name, method=res.scorer.name, params=dict(res.scorer.hparams), head=run.head.name,
         id_scores=res.id_scores, ood_scores=res.ood_scores, groups=dict(bench.ood), accuracy=accuracy,
         id_correct=correct, provenance=record_provenance(run, res),
+        shift_scores=res.shift_scores, shift_correct={d: outcomes[d][0] for d in res.shift_scores if d in outcomes},
+        head_confidence={d or "id": c for d, (_, c) in outcomes.items()}, shift_sets=shift,
     )
 
 
@@ -416,6 +473,7 @@ def score_benchmark(store: Store, key: str, benchmark: Benchmark, methods: list[
     test = run.test
     acc = accuracy(test.logits, test.labels) if len(benchmark.classes) == run.head.num_classes else float("nan")
     correct = test.logits.argmax(1) == test.labels
+    outcomes = head_outcomes(run) if len(benchmark.classes) == run.head.num_classes else {}
     records, failed = [], {} if skipped is None else skipped
     with progress("method") as bar:
         task = bar.add_task("score", total=len(scorers), rate="")
@@ -431,7 +489,7 @@ def score_benchmark(store: Store, key: str, benchmark: Benchmark, methods: list[
                 failed[scorer.name] = reason
                 warn(f"-m all: skipped {scorer.name}: {reason}")
             else:
-                records.append(make_record(run, res, acc, correct))
+                records.append(make_record(run, res, acc, correct, outcomes))
             bar.update(task, advance=1)
     if not records:
         raise OodbenchError(f"No method could score {key} on {benchmark.name}: "

@@ -24,9 +24,17 @@ from . import __version__
 from .errors import OodbenchError
 from .metrics import HIGHER_IS_BETTER, LABELS, METRICS
 from .results import ScoreRecord
-from .tables import VALUES, _jsonable, bootstrap, metrics_table, provenance
+from .tables import (
+    SET_SHIFT_METRICS,
+    VALUES,
+    _jsonable,
+    bootstrap,
+    failure_table,
+    metrics_table,
+    provenance,
+)
 
-__all__ = ["FORMATS", "bootstrap", "metrics_table", "provenance", "render", "save_plots", "tex_escape"]
+__all__ = ["FORMATS", "bootstrap", "failure_table", "metrics_table", "render_failure", "provenance", "render", "save_plots", "tex_escape"]
 
 KEYS = ("model", "benchmark", "method", "ood")
 FORMATS = ("rich", "markdown", "csv", "json", "latex")
@@ -40,6 +48,23 @@ CONVENTION_NOTE = (
     f"{LABELS['fpr95_ood']}: fraction of ID rejected at 95% OoD TPR (OoD positive; OpenOOD v1.5). "
     "AUPR: step-wise average precision."
 )
+SHIFT_LABELS = {
+    **LABELS,
+    "failure_auroc": "Failure AUROC (ID)↑", "aurc": "AURC (ID)↓", "eaurc": "E-AURC (ID)↓",
+    "failure_auroc_shift": "Failure AUROC (shift)↑", "aurc_shift": "AURC (shift)↓",
+    "eaurc_shift": "E-AURC (shift)↓", "ece_shift": "ECE (shift)↓",
+}
+"""Column labels of the covariate-shift / failure-detection columns (tables.RECORD_SHIFT_METRICS)."""
+SHIFT_HIGHER = {**HIGHER_IS_BETTER, **{f"{m}_shift": HIGHER_IS_BETTER[m] for m in ("failure_auroc", "aurc", "eaurc", "ece")}}
+SHIFT_NOTE = (
+    "Shift acc: head top-1 accuracy on covariate-shift sets (argmax over a set's class subset), "
+    "mean over sets. FSOOD AUROC: ID test and all shift sets together positive vs each OoD set "
+    "(OpenOOD v1.5). AURC/E-AURC (lower better) and failure AUROC (correct predictions positive) "
+    "rank the score as a confidence (FD-Shifts) on the ID test split and on the shift sets pooled."
+)
+RECORD_METRIC_OPTIONS = {"shift_accuracy": ("shift_accuracy",),
+                         **{m: (m, f"{m}_shift") for m in ("failure_auroc", "aurc", "eaurc")}}
+"""--metric names of per-record shift columns -> the columns they add after ID accuracy."""
 
 
 # --------------------------------------------------------------------------- rendering
@@ -92,7 +117,8 @@ def render(
         return _csv(df)
     if fmt == "json":
         return _json(df, title, prov)
-    wide = _Wide(df, _expand_metrics(metrics, fpr_convention))
+    per_set, tail = _split_metrics(metrics, df)
+    wide = _Wide(df, _expand_metrics(per_set, fpr_convention), tail)
     if fmt == "rich":
         return TerminalView(wide, title, layout)
     if fmt == "markdown":
@@ -100,19 +126,39 @@ def render(
     return _latex(wide, title, prov, standalone)
 
 
+def _split_metrics(metrics: Sequence[str], df: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """(per-OoD-set metrics, per-record columns after ID accuracy) of a --metric list; the
+    covariate-shift ones need a frame with shift columns (records scored with shift sets)."""
+    per_set, tail = [], []
+    for m in metrics:
+        if m in RECORD_METRIC_OPTIONS or m in SET_SHIFT_METRICS:
+            if m not in df and RECORD_METRIC_OPTIONS.get(m, (m,))[0] not in df:
+                raise OodbenchError(
+                    f"--metric {m} needs covariate-shift scores, which none of these records has: add a "
+                    "'shift:' set to the benchmark, extract it and rerun `oodbench score`."
+                )
+        if m in RECORD_METRIC_OPTIONS:
+            tail += [c for c in RECORD_METRIC_OPTIONS[m] if c not in tail]
+        else:
+            per_set.append(m)
+    return per_set, tail
+
+
 def _expand_metrics(metrics: Sequence[str], convention: str) -> list[str]:
     out: list[str] = []
     for m in metrics:
         for name in FPR_CONVENTIONS[convention] if m == "fpr95" else (m,):
-            if name not in METRICS:
-                raise OodbenchError(f"Unknown metric {name!r}. Available: {', '.join(METRICS)}.")
+            if name not in (*METRICS, *SET_SHIFT_METRICS):
+                available = (*METRICS, *SET_SHIFT_METRICS, *RECORD_METRIC_OPTIONS)
+                raise OodbenchError(f"Unknown metric {name!r}. Available: {', '.join(available)}.")
             if name not in out:
                 out.append(name)
     return out
 
 
 WORST = {"auroc": 0.0, "aupr_in": 0.0, "aupr_out": 0.0, "accuracy": 0.0, "fpr95": 100.0,
-         "fpr95_ood": 100.0}
+         "fpr95_ood": 100.0, "fsood_auroc": 0.0, "shift_accuracy": 0.0, "failure_auroc": 0.0,
+         "failure_auroc_shift": 0.0}
 """The worst possible value (percent) of each table metric: never highlighted."""
 
 
@@ -142,8 +188,9 @@ class _Wide:
     """The wide layout shared by rich/markdown/latex: rows = (benchmark, model, method),
     columns = (ood, metric) with OoD sets first, then averages, then ID accuracy."""
 
-    def __init__(self, df: pd.DataFrame, metrics: list[str]):
+    def __init__(self, df: pd.DataFrame, metrics: list[str], tail: Sequence[str] = ()):
         self.df, self.metrics = df, metrics
+        self.tail = [("", "accuracy")] + [("", m) for m in tail]  # per-record columns, last
         is_agg = df["ood"].str.endswith(" avg") | (df["ood"] == "avg")
         order = {"near": 0, "far": 1}
         sets = list(dict.fromkeys(df.loc[~is_agg, "ood"]))
@@ -152,7 +199,7 @@ class _Wide:
         aggs = list(dict.fromkeys(df.loc[is_agg, "ood"]))
         aggs.sort(key=lambda a: (a == "avg", order.get(a.split(" ")[0], 2)))
         self.oods = sets + aggs
-        self.columns = [(o, m) for o in self.oods for m in metrics] + [("", "accuracy")]
+        self.columns = [(o, m) for o in self.oods for m in metrics] + self.tail
         rows = dict.fromkeys(zip(df["benchmark"], df["model"], df["method"], strict=True))
         benches = {b: i for i, b in enumerate(dict.fromkeys(df["benchmark"]))}
         self.rows = sorted(rows, key=lambda r: benches[r[0]])  # stable: benchmark blocks
@@ -195,7 +242,7 @@ class _Wide:
             rows = [r for r in self.rows if r[0] == bench]
             for col in self.columns:
                 vals = {r: round(100 * self.value(r, col)[0], 2) for r in rows}
-                marks = mark_ranks(vals, HIGHER_IS_BETTER[col[1]], WORST.get(col[1]))
+                marks = mark_ranks(vals, SHIFT_HIGHER[col[1]], WORST.get(col[1]))
                 out.update({(r, col): rank for r, rank in marks.items()})
         return out
 
@@ -207,7 +254,7 @@ class _Wide:
 
     def header(self, col) -> tuple[str, str]:
         ood, m = col
-        return ood, LABELS[m]
+        return ood, SHIFT_LABELS[m]
 
 
 def _pct(v: float | None, signed: bool = False) -> str:
@@ -254,8 +301,8 @@ class TerminalView:
             return [(self.title, list(w.columns))]
         out = []
         for i, m in enumerate(w.metrics):
-            cols = [(ood, m) for ood in w.oods] + ([("", "accuracy")] if i == 0 else [])
-            name = f"{LABELS[m]} (%)"
+            cols = [(ood, m) for ood in w.oods] + (list(w.tail) if i == 0 else [])
+            name = f"{SHIFT_LABELS[m]} (%)"
             out.append((f"{self.title} · {name}" if self.title else name, cols))
         return out
 
@@ -291,9 +338,9 @@ class TerminalView:
     def header(self, col: tuple) -> str:
         ood, m = col
         if not ood:
-            return LABELS[m]
+            return SHIFT_LABELS[m]
         name = self.names.get(ood, ood)
-        return name if self.layout == "compact" else f"{name}\n{LABELS[m]}"
+        return name if self.layout == "compact" else f"{name}\n{SHIFT_LABELS[m]}"
 
     def split(self, console, options, width: int):
         """Tables of at most ``width`` columns: each block's columns packed greedily.
@@ -336,6 +383,7 @@ class TerminalView:
     def notes(self) -> list[str]:
         legend = [f"{short} = {name}" for name, short in self.names.items() if short != name]
         out = [f"Percent; best bold, second underlined ({HIGHLIGHT_RULE}). {CONVENTION_NOTE}"]
+        out += [SHIFT_NOTE] if _shows_shift(self.wide) else []
         return out + ([f"Sets: {'; '.join(legend)}."] if legend else [])
 
     def natural_width(self, console=None) -> int:
@@ -431,9 +479,59 @@ def _markdown(wide: _Wide, title: str | None, prov: list[dict]) -> str:
             mark = {1: "**", 2: "_"}.get(ranks.get((row, col), 0), "")
             cells.append(f"{mark}{text}{mark}")
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"Percent; best **bold**, second _italic_ ({HIGHLIGHT_RULE}). {CONVENTION_NOTE}", ""]
+    note = f" {SHIFT_NOTE}" if _shows_shift(wide) else ""
+    lines += ["", f"Percent; best **bold**, second _italic_ ({HIGHLIGHT_RULE}). {CONVENTION_NOTE}{note}", ""]
     lines += _provenance_lines(prov, bullet="- ")
     return "\n".join(lines) + "\n"
+
+
+def _shows_shift(wide: _Wide) -> bool:
+    return len(wide.tail) > 1 or any(m in SET_SHIFT_METRICS for m in wide.metrics)
+
+
+FAILURE_FORMATS = ("rich", "markdown", "csv", "json")
+
+
+def _failure_label(col: str) -> str:
+    if ":" in col:
+        kind, name = col.split(":", 1)
+        return f"{name} {'shift acc↑' if kind == 'shift_accuracy' else 'eff. rob.↑'}"
+    return {**SHIFT_LABELS, "shift_accuracy": "Shift acc (avg)↑"}[col]
+
+
+def render_failure(df: pd.DataFrame, fmt: str = "rich", title: str | None = None) -> Any:
+    """Format a :func:`~oodbench.tables.failure_table` frame: ``rich`` (a rich Table),
+    ``markdown``, ``csv`` (fractions) or ``json``; percentages with two decimals otherwise."""
+    if fmt not in FAILURE_FORMATS:
+        raise OodbenchError(f"The failure-detection table renders as {', '.join(FAILURE_FORMATS)}; got {fmt!r}.")
+    note = f"{SHIFT_NOTE} ECE: 15-bin expected calibration error of the head's max softmax probability."
+    if fmt == "csv":
+        import csv
+
+        return f"# oodbench failure detection, fractions. {note}\n" + df.to_csv(index=False, quoting=csv.QUOTE_NONNUMERIC)
+    if fmt == "json":
+        rows = [{k: _jsonable(v) for k, v in r.items()} for r in df.to_dict("records")]
+        return json.dumps({"title": title, "note": note, "records": rows, "oodbench_version": __version__}, indent=2)
+    keys = ["model", "benchmark", "method"] if df["model"].nunique() > 1 else ["method"]
+    values = [c for c in df.columns if c not in ("model", "benchmark", "method")]
+    heads = [k.capitalize() for k in keys] + [_failure_label(c) for c in values]
+    cells = [[str(r[k]) for k in keys] + [_pct(r[c]) for c in values] for _, r in df.iterrows()]
+    if fmt == "markdown":
+        lines = [f"### {title}", ""] if title else []
+        lines.append("| " + " | ".join(_md_escape(h) for h in heads) + " |")
+        lines.append("|" + "---|" * len(keys) + "---:|" * len(values))
+        lines += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in cells]
+        return "\n".join([*lines, "", f"Percent. {note}", ""])
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=title or "Robustness and failure detection (%)", box=box.SIMPLE_HEAD,
+                  caption=f"{note}", caption_justify="left")
+    for i, h in enumerate(heads):
+        table.add_column(h, justify="left" if i < len(keys) else "right", no_wrap=i >= len(keys))
+    for row in cells:
+        table.add_row(*row)
+    return table
 
 
 def _provenance_lines(prov: list[dict], bullet: str) -> list[str]:
@@ -599,7 +697,7 @@ def _tex_parts(wide: _Wide, width: float = TEX_LINEWIDTH) -> list[tuple[list[str
         cols = sum(col_width((ood, m)) for m in wide.metrics)
         return max(cols, pad + _tex_len(ood))
 
-    acc = col_width(("", "accuracy"))
+    acc = sum(col_width(c) for c in wide.tail)
     parts: list[tuple[list[str], bool]] = []
     current: list[str] = []
     used = keys
@@ -620,14 +718,14 @@ def _tex_parts(wide: _Wide, width: float = TEX_LINEWIDTH) -> list[tuple[list[str
 def _tex_tabular(wide: _Wide, oods: Sequence[str], with_acc: bool) -> list[str]:
     """A booktabs tabular of ``oods``: a row of OoD set names over a row of metric labels."""
     nk, nm = len(wide.key_names), len(wide.metrics)
-    columns = [(o, m) for o in oods for m in wide.metrics] + ([("", "accuracy")] if with_acc else [])
+    columns = [(o, m) for o in oods for m in wide.metrics] + (list(wide.tail) if with_acc else [])
     top, rules, pos = [""] * nk, [], nk + 1
     for ood in oods:
         top.append(rf"\multicolumn{{{nm}}}{{c}}{{{tex_escape(ood)}}}")
         rules.append(rf"\cmidrule(lr){{{pos}-{pos + nm - 1}}}")
         pos += nm
     if with_acc:
-        top.append("")
+        top += [""] * len(wide.tail)
     second = [tex_escape(k) for k in wide.key_names]
     second += [_tex_label(wide.header(c)[1]) for c in columns]
     ranks = wide.ranks()

@@ -30,6 +30,14 @@ class ScoreRecord:
         accuracy: top-1 accuracy of the head on the ID test split (NaN if unknown).
         id_correct: (N_id,) bool, head prediction correct (for misclassification analyses).
         provenance: store path, oodbench version, feature files, creation time, ...
+        shift_scores: covariate-shift set name -> (N_s,) scores (empty for files written
+            before shift sets existed, or a benchmark without them).
+        shift_correct: shift set name -> (N_s,) int8, the head's prediction right (1), wrong
+            (0) or the label unknown (-1), argmax over the set's class subset if it has one.
+        head_confidence: ``"id"`` (ID test) and each shift set -> (N,) maximum softmax
+            probability of the head (over the class subset), the confidence ECE bins.
+        shift_sets: shift set name -> ``{"classes": [..] | None, "reference": [slope,
+            intercept] | None}`` as the catalogue gave them.
     """
 
     model: str
@@ -45,6 +53,10 @@ class ScoreRecord:
     accuracy: float = float("nan")
     id_correct: np.ndarray | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
+    shift_scores: dict[str, np.ndarray] = field(default_factory=dict)
+    shift_correct: dict[str, np.ndarray] = field(default_factory=dict)
+    head_confidence: dict[str, np.ndarray] = field(default_factory=dict)
+    shift_sets: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -99,9 +111,16 @@ def _merge_records(path, records: list[ScoreRecord], meta: dict[str, Any]) -> No
             arrays[f"{g}/ood/{name}"] = np.asarray(s, np.float64)
         if r.id_correct is not None:
             arrays[f"{g}/id_correct"] = np.asarray(r.id_correct, bool)
+        for name, s in r.shift_scores.items():  # the covariate-shift group (absent in old files)
+            arrays[f"{g}/shift/{name}"] = np.asarray(s, np.float64)
+        for name, c in r.shift_correct.items():
+            arrays[f"{g}/shift_correct/{name}"] = np.asarray(c, np.int8)
+        for name, c in r.head_confidence.items():
+            arrays[f"{g}/head_confidence/{name}"] = np.asarray(c, np.float64)
+        extra = {"shift_sets": r.shift_sets} if r.shift_sets else {}
         group_attrs[g] = {k: _attr(v) for k, v in {
             "method": r.method, "params": r.params, "head": r.head, "accuracy": r.accuracy,
-            "groups": r.groups, "provenance": r.provenance, "label": r.label}.items()}
+            "groups": r.groups, "provenance": r.provenance, "label": r.label, **extra}.items()}
     write_h5_atomic(path, arrays, {"kind": "scores", **meta}, group_attrs)
 
 
@@ -126,6 +145,12 @@ def load_records(path) -> list[ScoreRecord]:
         for g in f:
             a = read_attrs(f[g])
             ood = {n: f[g]["ood"][n][()] for n in f[g]["ood"]} if "ood" in f[g] else {}
+            sets = dict(a.get("shift_sets") or {})
+
+            def sub(name: str, g=g, sets=sets) -> dict[str, np.ndarray]:
+                grp = f[g].get(name)
+                arrays = {n: grp[n][()] for n in grp} if grp is not None else {}
+                return {n: arrays[n] for n in ["id", *sets] if n in arrays}
             order = list(a["groups"])
             out.append(ScoreRecord(
                 model=meta["model_label"], model_key=meta["model_key"], fingerprint=meta["fingerprint"],
@@ -134,5 +159,7 @@ def load_records(path) -> list[ScoreRecord]:
                 groups=a["groups"], accuracy=float(a["accuracy"]),
                 id_correct=f[g]["id_correct"][()] if "id_correct" in f[g] else None,
                 provenance={**a["provenance"], "scores_file": str(path)},
+                shift_scores=sub("shift"), shift_correct=sub("shift_correct"),
+                head_confidence=sub("head_confidence"), shift_sets=sets,
             ))
     return out

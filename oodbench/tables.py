@@ -25,10 +25,16 @@ import numpy as np
 import pandas as pd
 
 from .errors import OodbenchError
-from .metrics import METRICS, evaluate
+from .metrics import METRICS, evaluate, failure_metrics, fsood_auroc
 from .results import ScoreRecord
 
 VALUES = (*METRICS, "accuracy")
+SET_SHIFT_METRICS = ("fsood_auroc",)
+"""Per-OoD-set columns of records with covariate-shift sets (OpenOOD v1.5 full spectrum)."""
+FAILURE = ("failure_auroc", "aurc", "eaurc")
+RECORD_SHIFT_METRICS = ("shift_accuracy", *FAILURE, *(f"{m}_shift" for m in FAILURE))
+"""Per-record columns of records with shift sets: shift accuracy (mean over the sets) and the
+failure-detection metrics of the score on the ID test split and on the shift sets (pooled)."""
 
 
 # --------------------------------------------------------------------------- metrics table
@@ -76,6 +82,8 @@ def metrics_table(
         _record_rows(r, lab, ci, int(n_boot), seed) for r, lab in zip(records, labels, strict=True)
     ]
     df = pd.concat(frames, ignore_index=True)
+    if any(r.shift_scores for r in records):
+        df = _add_shift_columns(df, records, labels)
     if baseline is not None:
         df = _add_deltas(df, baseline)
     df.attrs["provenance"] = provenance(records)
@@ -160,11 +168,130 @@ def _add_deltas(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
             f"{', '.join(models)}."
         )
     on = ["benchmark", "method", "ood"]
-    base = df.loc[df["model"] == baseline, on + list(VALUES)]
+    values = [m for m in (*VALUES, *SET_SHIFT_METRICS, *RECORD_SHIFT_METRICS) if m in df]
+    base = df.loc[df["model"] == baseline, on + values]
     merged = df[on].merge(base, on=on, how="left")
-    for m in VALUES:
+    for m in values:
         df[f"d_{m}"] = df[m].to_numpy() - merged[m].to_numpy()
     return df
+
+
+# --------------------------------------------------------------------------- covariate shift
+
+
+def _known(correct: np.ndarray) -> np.ndarray:
+    return np.asarray(correct).astype(np.int64) >= 0
+
+
+def _shift_correct(rec: ScoreRecord, name: str) -> np.ndarray | None:
+    c = rec.shift_correct.get(name)
+    return None if c is None else np.asarray(c, np.int8)
+
+
+def shift_accuracy_of(rec: ScoreRecord, name: str) -> float:
+    """Head accuracy on one shift set from the stored correctness (NaN when not stored)."""
+    c = _shift_correct(rec, name)
+    if c is None or not _known(c).any():
+        return math.nan
+    return float(np.mean(c[_known(c)] == 1))
+
+
+def _failure(conf_list: list[np.ndarray], correct_list: list[np.ndarray | None]) -> dict[str, float]:
+    """:func:`~oodbench.metrics.failure_metrics` on the pooled rows with a known label; NaN
+    when correctness is missing (failure AUROC also when all predictions are right or all wrong)."""
+    if not conf_list or any(c is None for c in correct_list):
+        return dict.fromkeys(FAILURE, math.nan)
+    conf = np.concatenate([np.asarray(x, np.float64) for x in conf_list])
+    corr = np.concatenate([np.asarray(c).astype(np.int64) for c in correct_list])
+    conf, corr = conf[corr >= 0], corr[corr >= 0] == 1
+    if not corr.size:
+        return dict.fromkeys(FAILURE, math.nan)
+    return failure_metrics(conf, corr)
+
+
+def record_shift_metrics(rec: ScoreRecord) -> dict[str, float]:
+    """The :data:`RECORD_SHIFT_METRICS` of one record (NaN where its file lacks the data)."""
+    names = list(rec.shift_scores)
+    accs = [shift_accuracy_of(rec, n) for n in names]
+    out = {"shift_accuracy": float(np.mean(accs)) if accs else math.nan}
+    id_correct = None if rec.id_correct is None else np.asarray(rec.id_correct, np.int8)
+    out.update(_failure([rec.id_scores], [id_correct]))
+    shift = _failure([rec.shift_scores[n] for n in names], [_shift_correct(rec, n) for n in names])
+    out.update({f"{m}_shift": v for m, v in shift.items()})
+    return out
+
+
+def _add_shift_columns(df: pd.DataFrame, records: list[ScoreRecord], labels: list[str]) -> pd.DataFrame:
+    """``fsood_auroc`` per OoD row (averaged rows: the mean of their sets) and the
+    :data:`RECORD_SHIFT_METRICS` per record; NaN for records without shift sets."""
+    fsood = np.full(len(df), math.nan)
+    rec_cols = {m: np.full(len(df), math.nan) for m in RECORD_SHIFT_METRICS}
+    for rec, lab in zip(records, labels, strict=True):
+        mask = ((df["model"] == rec.model) & (df["benchmark"] == rec.benchmark) & (df["method"] == lab)).to_numpy()
+        if not rec.shift_scores:
+            continue
+        shift = list(rec.shift_scores.values())
+        per_set = {n: fsood_auroc(rec.id_scores, shift, s) for n, s in rec.ood_scores.items()}
+        names = _set_names(rec)
+        aggs = {name: [names[i] for i in idx] for name, _, idx in _aggregates(rec.groups, names)}
+        for i in np.flatnonzero(mask):
+            ood = df["ood"].iat[i]
+            fsood[i] = per_set[ood] if ood in per_set else float(np.mean([per_set[n] for n in aggs[ood]]))
+        for m, v in record_shift_metrics(rec).items():
+            rec_cols[m][mask] = v
+    df["fsood_auroc"] = fsood
+    for m, v in rec_cols.items():
+        df[m] = v
+    return df
+
+
+def _head_ece(rec: ScoreRecord, keys: list[str], correct: list[np.ndarray | None]) -> float:
+    """15-bin ECE of the head's max softmax probability on the pooled sets ``keys``."""
+    from .metrics import ece
+
+    conf = [rec.head_confidence.get(k) for k in keys]
+    if not keys or any(c is None for c in conf) or any(c is None for c in correct):
+        return math.nan
+    corr = np.concatenate([np.asarray(c).astype(np.int64) for c in correct])
+    return ece(np.concatenate(conf)[corr >= 0], corr[corr >= 0] == 1)
+
+
+def failure_table(records: list[ScoreRecord]) -> pd.DataFrame:
+    """Robustness and failure detection, one row per (model, benchmark, method) with shift sets.
+
+    Columns: ``model, benchmark, method, accuracy`` (ID test), ``shift_accuracy:<set>`` per
+    shift set and ``shift_accuracy`` (their unweighted mean), ``effective_robustness:<set>``
+    where the catalogue gave the set a reference line, the failure-detection metrics of the
+    score (higher score = more confident) on the ID test split (``failure_auroc, aurc,
+    eaurc``) and on the shift sets pooled (``*_shift``), and ``ece`` / ``ece_shift``: the
+    15-bin ECE of the head's maximum softmax probability (the same for every method of one
+    model and head). Fractions; NaN where a scores file lacks the data.
+    """
+    from .metrics import effective_robustness
+
+    recs = [r for r in records if r.shift_scores]
+    if not recs:
+        raise OodbenchError("No score record has covariate-shift scores: add a 'shift:' set to the "
+                            "benchmark, extract it and rerun `oodbench score`.")
+    labels = method_labels(recs)
+    rows = []
+    for rec, lab in zip(recs, labels, strict=True):
+        row: dict[str, Any] = {"model": rec.model, "benchmark": rec.benchmark, "method": lab,
+                               "accuracy": float(rec.accuracy)}
+        for n in rec.shift_scores:
+            row[f"shift_accuracy:{n}"] = shift_accuracy_of(rec, n)
+        row.update(record_shift_metrics(rec))
+        for n, info in rec.shift_sets.items():
+            ref = (info or {}).get("reference")
+            if ref and n in rec.shift_scores:
+                row[f"effective_robustness:{n}"] = effective_robustness(
+                    rec.accuracy, row[f"shift_accuracy:{n}"], float(ref[0]), float(ref[1]))
+        id_corr = None if rec.id_correct is None else np.asarray(rec.id_correct, np.int8)
+        row["ece"] = _head_ece(rec, ["id"], [id_corr])
+        names = list(rec.shift_scores)
+        row["ece_shift"] = _head_ece(rec, names, [_shift_correct(rec, n) for n in names])
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def provenance(records: Sequence[ScoreRecord]) -> list[dict[str, Any]]:

@@ -256,6 +256,8 @@ def run_study(benchmark: str = "digits", recipes: Sequence[str | FinetuneConfig]
     files["metrics_csv"] = out / "study_metrics.csv"
     df.drop(columns=[c for c in df.columns if c.startswith("_")], errors="ignore").to_csv(files["metrics_csv"], index=False)
     summary = summary_markdown(df, entries, [m for m in summary_methods if m in wanted], bench)
+    if "shift_accuracy" in df:
+        summary += shift_summary_markdown(df, entries, [m for m in summary_methods if m in wanted], bench)
     files["summary"] = out / "study_summary.md"
     files["summary"].write_text(summary)
     files["report"] = out / "study_report.md"
@@ -267,6 +269,11 @@ def run_study(benchmark: str = "digits", recipes: Sequence[str | FinetuneConfig]
                 path = out / f"acc_vs_auroc_{benchmark}_{tag}.{fmt}"
                 acc_vs_auroc_figure(df, entries, group, f"{benchmark}: ID accuracy vs {tag}-OoD AUROC").savefig(path)
                 files[f"figure_{tag}" + ("" if fmt == formats[0] else f"_{fmt}")] = path
+    if "shift_accuracy" in df and df["shift_accuracy"].notna().any():
+        for fmt in formats:
+            path = out / f"wise_id_vs_shift_{benchmark}.{fmt}"
+            wise_shift_figure(df, entries, f"{benchmark}: ID accuracy vs shift accuracy").savefig(path)
+            files["figure_shift" + ("" if fmt == formats[0] else f"_{fmt}")] = path
     seconds = round(time.time() - t_start, 1)
     files["json"] = out / "study.json"
     files["json"].write_text(json.dumps({
@@ -376,4 +383,79 @@ def acc_vs_auroc_figure(df, entries: list[StudyEntry], group: str = "near avg", 
     fig.legend(handles=handles, loc="outside lower center", ncol=min(8, len(handles)), fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def _shown_labels(df, methods: Sequence[str]) -> list[str]:
+    labels = list(dict.fromkeys(df["method"]))
+    return [next((lab for lab in labels if lab == m or lab.startswith(m + "(")), m) for m in methods]
+
+
+def shift_summary_markdown(df, entries: list[StudyEntry], methods: Sequence[str], bench) -> str:
+    """Markdown, for benchmarks with covariate-shift sets: per checkpoint, ID accuracy and shift
+    accuracy (mean over the shift sets) beside, per summary scorer, the overall OoD AUROC, the
+    full-spectrum AUROC (ID test ∪ shift sets vs OoD, OpenOOD v1.5) and the AURC on the shift
+    sets (the score as confidence, FD-Shifts; lower is better); percent."""
+    sub = df[df["ood"] == "avg"]
+    shown = _shown_labels(df, methods)
+    blocks = (("auroc", "OoD AUROC (%), all OoD sets"), ("fsood_auroc", "FSOOD AUROC (%): ID test + shift sets vs OoD"),
+              ("aurc_shift", "AURC on the shift sets (%, lower is better)"))
+    sets = ", ".join(bench.shift)
+    lines = ["", f"**Covariate shift** ({sets}): ID accuracy and shift accuracy beside each scorer's metrics", ""]
+    for col, title in blocks:
+        head = ["checkpoint", "head", "ID acc", "shift acc"] + shown
+        lines += [f"*{title}*", "", "| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
+        for e in entries:
+            rows = sub[sub["model"] == e.label]
+            if rows.empty:
+                continue
+            by = dict(zip(rows["method"], rows[col], strict=True))
+            shift = rows["shift_accuracy"].iloc[0]
+            cells = [e.label, e.head, f"{100 * rows['accuracy'].iloc[0]:.1f}",
+                     f"{100 * shift:.1f}" if np.isfinite(shift) else "–"]
+            cells += [f"{100 * by[m]:.1f}" if m in by and np.isfinite(by[m]) else "–" for m in shown]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def wise_shift_figure(df, entries: list[StudyEntry], title: str = ""):
+    """The WiSE-FT figure (Wortsman et al. 2022, Fig. 1): ID accuracy (x) vs shift accuracy
+    (mean over the shift sets, y), a point per checkpoint; each recipe's WiSE-FT mixes are
+    joined, α ascending, ending at the fine-tuned run (α = 1). The head's
+    accuracies are the same for every scorer, so one panel."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    rows = df[df["ood"] == "avg"].groupby("model", sort=False)[["accuracy", "shift_accuracy"]].first()
+    fig = Figure(figsize=(3.6, 3.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    families = list(dict.fromkeys(e.family for e in entries))
+    colour = {f: ("black" if f == "zeroshot" else FAMILY_COLOURS[i % len(FAMILY_COLOURS)])
+              for i, f in enumerate(families)}
+    for fam in families:
+        chain = sorted((e for e in entries if e.family == fam and e.kind == "wise"), key=lambda e: e.alpha)
+        if chain:
+            chain += [e for e in entries if e.label == fam]
+            pts = [(100 * rows.loc[e.label, "accuracy"], 100 * rows.loc[e.label, "shift_accuracy"])
+                   for e in chain if e.label in rows.index]
+            xs, ys = zip(*pts, strict=True)
+            ax.plot(xs, ys, "-", color=colour[fam], lw=0.8, alpha=0.7)
+            ax.scatter(xs[:-1], ys[:-1], s=14, color=colour[fam], facecolors="none")
+    for e in entries:
+        if e.kind != "wise" and e.label in rows.index:
+            ax.scatter(100 * rows.loc[e.label, "accuracy"], 100 * rows.loc[e.label, "shift_accuracy"], s=30,
+                       color=colour[e.family], marker="*" if e.kind == "zeroshot" else "o", zorder=3)
+    ax.set_xlabel("ID accuracy (%)", fontsize=8)
+    ax.set_ylabel("shift accuracy (%)", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+    handles = [Line2D([], [], marker="*" if f == "zeroshot" else "o", ls="", color=colour[f], label=f) for f in families]
+    if any(e.kind == "wise" for e in entries):
+        handles.append(Line2D([], [], marker="o", ls="-", color="grey", markerfacecolor="none", label="WiSE-FT α"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(4, len(handles)), fontsize=7, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=9)
     return fig
