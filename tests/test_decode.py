@@ -14,14 +14,15 @@ from oodbench.store import FeatureFile, Store
 
 YAML = """
 datasets:
-  photos: {source: imagefolder, root: "%s", ood: true}
+  photos: {source: imagefolder, root: "%(root)s", ood: true}
+  more-photos: {source: imagefolder, root: "%(root)s", ood: true}  # an OoD slot (never extracted here)
 benchmarks:
   jpegs:
     classes: [zero, one]
     templates: ["a photo of the digit {}."]
     model: {name: oodbench-tiny, pretrained: digits}
     id: {train: photos, test: photos}
-    ood: {far: [photos]}
+    ood: {far: [more-photos]}
 """
 
 
@@ -53,7 +54,7 @@ def photos(tmp_path_factory):
 
 def _extract(tmp_path, photos, decode, store="store"):
     p = tmp_path / "b.yaml"
-    p.write_text(YAML % photos)
+    p.write_text(YAML % {"root": photos})
     key = api.extract(benchmark="jpegs", benchmarks=p, store=tmp_path / store, datasets=["photos"],
                       device="cpu", decode=decode, batch_size=4)
     return FeatureFile(Store(tmp_path / store).features_path(key, "photos"))
