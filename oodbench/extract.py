@@ -334,7 +334,7 @@ def extract_dataset(bundle, source, path: Path, options: ExtractOptions, dataset
             finally:
                 writer.close()
     if world > 1:
-        if len(source) and _readable_on_all_ranks(target) == 0:  # every rank agrees: none hangs
+        if len(source) and _readable_on_all_ranks(target, options.device) == 0:  # every rank agrees: none hangs
             barrier()
             for gone in (target, target.with_name(target.name + ".lock")):
                 gone.unlink(missing_ok=True)
@@ -347,13 +347,16 @@ def extract_dataset(bundle, source, path: Path, options: ExtractOptions, dataset
     return path
 
 
-def _readable_on_all_ranks(shard: Path) -> int:
-    """Rows of this rank's complete shard, summed over all ranks (an all_reduce every rank joins)."""
+def _readable_on_all_ranks(shard: Path, device: str) -> int:
+    """Rows of this rank's complete shard, summed over all ranks (an all_reduce every rank joins).
+
+    ``device``: this rank's device (``cuda:LOCAL_RANK`` under NCCL, which reduces on the GPU).
+    """
     import torch.distributed as dist
 
     n = torch.tensor([len(FeatureFile(shard))], dtype=torch.int64)
     if dist.get_backend() == "nccl":
-        n = n.cuda()
+        n = n.to(device)
     dist.all_reduce(n)
     return int(n.item())
 
