@@ -295,7 +295,8 @@ def extract_dataset(bundle, source, path: Path, options: ExtractOptions, dataset
     complete.
 
     Under ``torchrun`` (WORLD_SIZE > 1) each rank extracts a contiguous shard into its own
-    resumable file; rank 0 then merges the shards, in order, into ``path``.
+    resumable file; rank 0 then merges the shards, in order, into ``path``. Ranks sum their
+    readable rows first: a dataset with none is an error on every rank and no file is kept.
     """
     from .distributed import barrier, dist_info, merge_shards, shard_path, shard_source
 
@@ -333,12 +334,31 @@ def extract_dataset(bundle, source, path: Path, options: ExtractOptions, dataset
             finally:
                 writer.close()
     if world > 1:
+        if len(source) and _readable_on_all_ranks(target, options.device) == 0:  # every rank agrees: none hangs
+            barrier()
+            for gone in (target, target.with_name(target.name + ".lock")):
+                gone.unlink(missing_ok=True)
+            raise _nothing_readable(source, dataset)
         barrier()
         if rank == 0:
             merge_shards([shard_path(path, r, world) for r in range(world)], path,
                          {**attrs, **{k: v for k, v in identity.items() if k != "shard"}})
         barrier()
     return path
+
+
+def _readable_on_all_ranks(shard: Path, device: str) -> int:
+    """Rows of this rank's complete shard, summed over all ranks (an all_reduce every rank joins).
+
+    ``device``: this rank's device (``cuda:LOCAL_RANK`` under NCCL, which reduces on the GPU).
+    """
+    import torch.distributed as dist
+
+    n = torch.tensor([len(FeatureFile(shard))], dtype=torch.int64)
+    if dist.get_backend() == "nccl":
+        n = n.to(device)
+    dist.all_reduce(n)
+    return int(n.item())
 
 
 class _BackgroundWriter:

@@ -34,6 +34,7 @@ from .scorers.common import features
 from .scorers.inputs import Inputs, l2_normalize
 from .scorers.native import extracted_blocks, layer_embeds, mcm_from_cos
 from .store import Store
+from .verify import check_split_files
 
 FINAL = "embeds"
 
@@ -107,6 +108,10 @@ def inspect(model_keys: Sequence[str] | str | None = None, *, benchmark: str = D
     ``embeds`` (the final image embedding, ``layer`` = <NA>). Columns: ``model, model_key,
     benchmark, feature, layer, zs_acc, auroc:<set>..., auroc_near, auroc_far, auroc_avg, gap,
     gap_cos`` (fractions, not percent).
+
+    Raises:
+        OodbenchError: a feature file of the ID test or an OoD set is stale or misnamed
+            (:func:`oodbench.verify.check_split_files`, the check ``score`` runs).
     """
     from .api import resolve_model_key
     from .paths import default_store
@@ -117,6 +122,8 @@ def inspect(model_keys: Sequence[str] | str | None = None, *, benchmark: str = D
     if isinstance(model_keys, str):
         model_keys = [k.strip() for k in model_keys.split(",") if k.strip()]
     keys = [resolve_model_key(st, k) for k in (model_keys or [None])]
+    for k in dict.fromkeys(keys):  # stale or misnamed feature files refused, as score does
+        check_split_files(st, k, [bench.id_test, *bench.ood], cat, bench.name)
     frames = [inspect_model(st, k, bench, head_templates=head_templates, mcm_templates=mcm_templates,
                             mcm_temperature=mcm_temperature) for k in dict.fromkeys(keys)]
     df = pd.concat(frames, ignore_index=True)

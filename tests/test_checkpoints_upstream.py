@@ -1,4 +1,4 @@
-"""WiSE-FT and FLYP checkpoints written the way upstream writes them, and read without their code.
+"""WiSE-FT, FLYP, CLIPood, LP-FT and CMA checkpoints written the way upstream writes them.
 
 Upstream (mlfoundations/wise-ft and locuslab/FLYP, ``src/models/utils.py``) saves with
 ``torch_save(model, path)`` = ``pickle.dump(model.cpu(), f)`` of an ``ImageClassifier`` /
@@ -7,6 +7,10 @@ temporary ``src.models.modeling`` package with upstream's attribute layout, hold
 OpenAI's ``clip`` package (``clip.model.CLIP``, installed as clip-anytorch) or of open_clip, as
 upstream does; the package is removed from ``sys.modules``/``sys.path`` before oodbench reads the
 file. References are the upstream objects' own forward passes.
+
+CLIPood (thuml/CLIPood 538dd3b ``main.py``), LP-FT (AnanyaKumar/transfer_learning ``ClipModel`` and
+``utils.save_ckp``) and CMA (ma-kjh/CMA cf6f4e7 ``utils/train_utils.py``) are written with their
+``torch.save`` calls on the same OpenAI ``clip.model`` objects.
 
 Tolerance: both sides run the same float32 operations on the same weights (PyTorch's
 MultiheadAttention, LayerNorm, GEMMs); only kernel choice and summation order may differ, a few
@@ -290,6 +294,133 @@ def test_flyp_state_dict_activation_is_ambiguous(probe, tmp_path, monkeypatch):
     bundle = load_model(GELU, None, ckpt=path)
     assert bundle.info["quick_gelu"]["source"] == "ambiguous"
     assert any("ambiguous" in s and "-quickgelu" in s and "nn.GELU" in s for s in said)
+
+
+# ----------------------------------------------------------------------------- CLIPood, LP-FT, CMA
+
+def test_clipood_visual_state_dict(upstream, probe, tmp_path):
+    """thuml/CLIPood main.py: ``classifier = clip_model.visual``, ``clip.model.convert_weights`` (fp16
+    conv/linear/attention weights and ``proj``; LayerNorms and embeddings stay fp32), then
+    ``torch.save(classifier.state_dict(), <log>/checkpoints/latest.pth)``.
+
+    Reference: upstream's own ``VisionTransformer`` holding the saved weights, run in float32 (the
+    half-to-float cast is exact, so oodbench must match it to float32 rounding).
+    """
+    clip_model = upstream.openai_clip(seed=5)
+    classifier = clip_model.visual
+    upstream.clip_model.convert_weights(classifier)
+    path = tmp_path / "checkpoints" / "latest.pth"
+    path.parent.mkdir()
+    torch.save(classifier.state_dict(), path)  # upstream's save call
+    saved = torch.load(path)
+    assert saved["conv1.weight"].dtype == torch.float16 and saved["ln_pre.weight"].dtype == torch.float32
+    ref = upstream.openai_clip(seed=6).visual  # other weights, overwritten by the file's
+    ref.load_state_dict(saved)
+    with torch.no_grad():
+        want = ref.float()(probe[0])
+    upstream.hide()
+    bundle = load_model(OAI, None, ckpt=path)
+    assert bundle.info["ckpt_format"] == "visual_only" and bundle.info["partial"]
+    assert bundle.info["quick_gelu"]["expected_quick_gelu"] is True
+    with torch.no_grad():
+        got = bundle.model.encode_image(probe[0])
+    assert _err(got, want) < TOL
+
+
+LPFT_MODEL = '''
+"""Attribute layout of AnanyaKumar/transfer_learning unlabeled_extrapolation/models/clip_model.py."""
+import torch
+from torchvision.transforms import Normalize
+
+normalize_transform = Normalize(mean=(0.48145466, 0.4578275, 0.40821073),
+                                std=(0.26862954, 0.26130258, 0.27577711))
+
+
+class ClipModel(torch.nn.Module):
+    def __init__(self, model):  # upstream: model, _ = clip.load(model_name, device)
+        super().__init__()
+        self._model = model
+        self._model.visual.float()
+        self._classifier = None
+
+    def new_last_layer(self, num_classes):
+        self._classifier = torch.nn.Linear(self._model.visual.output_dim, num_classes)
+
+    def get_features(self, x):
+        return self._model.encode_image(normalize_transform(x))
+
+    def forward(self, x):
+        features = self.get_features(x)
+        return features if self._classifier is None else self._classifier(features)
+'''
+
+
+def test_lpft_clip_model_checkpoint(upstream, probe, tmp_path):
+    """LP-FT (AnanyaKumar/transfer_learning): ``ClipModel`` keeps ``clip.load``'s model as ``_model``
+    (fp16 text tower on CUDA, ``visual.float()``) and the head as ``_classifier`` (an ``nn.Linear``
+    on the raw ``encode_image`` output); ``utils.save_ckp`` writes ``torch.save({'epoch',
+    'state_dict': model.state_dict(), 'optimizer', 'scheduler'})``.
+    """
+    pkg = Path(upstream.root) / "unlabeled_extrapolation"
+    (pkg / "models").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "models" / "__init__.py").write_text("")
+    (pkg / "models" / "clip_model.py").write_text(textwrap.dedent(LPFT_MODEL))
+    from unlabeled_extrapolation.models.clip_model import ClipModel, normalize_transform
+
+    oai = upstream.openai_clip(seed=7)
+    upstream.clip_model.convert_weights(oai)  # clip.load on a GPU returns fp16 weights
+    net = ClipModel(oai)
+    net.new_last_layer(5)
+    with torch.no_grad():
+        net._classifier.weight.copy_(_head()[0])
+        net._classifier.bias.copy_(_head()[1])
+    net.eval()
+    with torch.no_grad():
+        want_feat, want_logits = net.get_features(probe[0]), net(probe[0])
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 10)
+    path = tmp_path / "checkpoints" / "ckp_best_val"
+    path.parent.mkdir()
+    torch.save({"epoch": 3, "state_dict": net.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict()}, str(path))  # utils.save_ckp
+    for name in [n for n in sys.modules if n.startswith("unlabeled_extrapolation")]:
+        upstream.mp.delitem(sys.modules, name)
+    upstream.hide()
+    bundle = load_model(OAI, None, ckpt=path)
+    assert bundle.info["ckpt_format"] == "lpft" and not bundle.info["partial"]
+    assert bundle.info["quick_gelu"]["expected_quick_gelu"] is True
+    h = bundle.head
+    assert h.head_input == "embeds_raw"
+    with torch.no_grad():
+        got = bundle.model.encode_image(normalize_transform(probe[0]))
+        logits = got @ h.head_weight.T + h.head_bias
+    assert _err(got, want_feat) < TOL and _err(logits, want_logits) < TOL
+
+
+@pytest.mark.parametrize("gpus", [1, 2])
+def test_cma_training_checkpoint(upstream, probe, tmp_path, gpus):
+    """CMA (Kim & Hwang, CVPR 2025; ma-kjh/CMA ``utils/train_utils.py``): ``clip.load(..., device='cpu')``
+    (float32 OpenAI CLIP), wrapped in ``nn.DataParallel`` with more than one GPU (``module.``), saved
+    each epoch as ``torch.save({'epoch', 'model_state_dict': model.state_dict(),
+    'optimizer_state_dict'}, 'model_CMA_{epoch}.pt')``. No head; both towers are fine-tuned.
+    """
+    oai = upstream.openai_clip(seed=8)
+    with torch.no_grad():
+        want = oai.encode_image(probe[0]), oai.encode_text(probe[1])
+    model = torch.nn.DataParallel(oai) if gpus > 1 else oai  # DataParallel works on the CPU too
+    opt = torch.optim.AdamW([{"params": model.parameters()}], lr=1e-5, weight_decay=0.1)
+    path = tmp_path / "model_CMA_10.pt"
+    torch.save({"epoch": 10, "model_state_dict": model.state_dict(), "optimizer_state_dict": opt.state_dict()},
+               path)
+    assert all(k.startswith("module.") for k in torch.load(path)["model_state_dict"]) == (gpus > 1)
+    upstream.hide()
+    bundle = load_model(OAI, None, ckpt=path)
+    assert bundle.info["ckpt_format"] == "cma" and not bundle.info["partial"] and bundle.head is None
+    assert bundle.info["quick_gelu"]["expected_quick_gelu"] is True
+    with torch.no_grad():
+        got = bundle.model.encode_image(probe[0]), bundle.model.encode_text(probe[1])
+    assert _err(got[0], want[0]) < TOL and _err(got[1], want[1]) < TOL
 
 
 # ----------------------------------------------------------------------------- no code runs

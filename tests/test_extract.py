@@ -82,6 +82,44 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path, reference):
     assert not list((Store(store).root).glob("*/features/*shard*"))
 
 
+NO_IMAGES = """
+version: 1
+datasets:
+  train: {source: digits, digits: [0, 1], split: train}
+  test: {source: digits, digits: [0, 1], split: test}
+  gone: {source: imglist, list: imgs.txt, root: "${data_root}/imgs", ood: true}
+benchmarks:
+  tiny:
+    classes: [zero, one]
+    templates: ["a photo of the digit {}."]
+    model: {name: oodbench-tiny, pretrained: digits}
+    id: {train: train, test: test}
+    ood: {far: [gone]}
+"""
+
+
+def test_torchrun_dataset_with_no_readable_image_is_an_error_on_every_rank(tmp_path):
+    """Each rank's shard is empty: the ranks agree (all_reduce), exit non-zero, none hangs, no file."""
+    (tmp_path / "data" / "imgs").mkdir(parents=True)
+    (tmp_path / "data" / "imgs" / "b.png").write_bytes(b"not a png")
+    (tmp_path / "imgs.txt").write_text("".join(f"{n} -1\n" for n in ["a.png", "b.png", "c.png", "d.png"]))
+    (tmp_path / "b.yaml").write_text(NO_IMAGES)
+    store = tmp_path / "store"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(30500 + os.getpid() % 1000), "-m", "oodbench", "extract", "--benchmarks", str(tmp_path / "b.yaml"),
+           "-b", "tiny", "--dataset", "gone", "--data-root", str(tmp_path / "data"), "--store", str(store),
+           "--device", "cpu"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode != 0
+    flat = "".join(res.stderr.split())  # the console wraps long lines
+    assert flat.count("error:Dataset'gone':noneofits4imagescouldberead(3missing,1undecodable)") == 2, \
+        res.stderr[-2000:]
+    workers = res.stderr.split("failed (exitcode: 1)")[0]  # after it: torchrun's own ChildFailedError report
+    assert "Traceback" not in workers and "ChildFailedError" in res.stderr
+    assert not [f for f in store.rglob("features/*") if not f.name.endswith(".lock")]
+
+
 def test_resnet_tower_features():
     import open_clip
 

@@ -76,6 +76,19 @@ def test_file_copied_under_another_dataset_name_is_refused(digits_store, tmp_pat
     assert list(bad) == ["digits-id-test.h5"] and f"holds dataset '{NEAR}'" in bad["digits-id-test.h5"]
 
 
+def test_inspect_refuses_stale_and_misnamed_feature_files_with_score_s_line(digits_store, tmp_path):
+    store, key = _copy(digits_store, tmp_path)
+    bench = _narrowed_catalogue(tmp_path)
+    args = ["--store", str(store), "--benchmarks", str(bench)]
+    said = _one_error_line(CliRunner().invoke(app, ["score", "-m", "msp", *args]))
+    line = _one_error_line(CliRunner().invoke(app, ["inspect", *args]))
+    assert line == said and f"{NEAR}.h5 is stale" in line and "359 samples are not the 73 samples" in line
+    st = Store(store)
+    shutil.copyfile(st.features_path(key, NEAR), st.features_path(key, "digits-id-test"))
+    line = _one_error_line(CliRunner().invoke(app, ["inspect", "--model-key", key, "--store", str(store)]))
+    assert "digits-id-test.h5 is stale" in line and f"holds dataset '{NEAR}'" in line
+
+
 def test_changed_image_list_is_stale_without_the_data_root(tmp_path):
     """An image list's fingerprint is recomputed from the list alone (no images, no data root)."""
     from oodbench.verify import current_sample_list, entry_problems

@@ -16,7 +16,7 @@ wiseft     WiSE-FT / model soups (``image_encoder.model.*`` or ``model.*``,
 lpft       LP-FT (``_model.*``, ``_classifier.*``); head on raw (unnormalised) embeddings
 flyp       FLYP / CaRot (``model.*``, both towers)
 hf_clip    a fully fine-tuned Hugging Face ``CLIPModel`` directory (config.json + model.safetensors)
-cma        ``{'model_state_dict': ...}`` with ``module.``
+cma        CMA ``{'model_state_dict': ...}`` of OpenAI CLIP (``module.`` under DataParallel)
 peft_lora  HF PEFT LoRA for HF CLIP (``adapter_config.json`` + ``adapter_model.*``), merged
 clip_lora  CLIP-LoRA ``.pt`` (``weights`` + ``metadata``), merged
 coop       CoOp / LoCoOp prompt learner: learned text context (``Adapted.text_ctx``)
@@ -287,7 +287,10 @@ def flyp_adapter(obj: Any, base: dict | None = None) -> Adapted:
 
 @register_adapter("cma")
 def cma_adapter(obj: Any, base: dict | None = None) -> Adapted:
-    """``{'model_state_dict': ...}`` with a ``module.`` prefix."""
+    """CMA (ma-kjh/CMA): ``{'epoch', 'model_state_dict', 'optimizer_state_dict'}`` of OpenAI CLIP.
+
+    ``clip.load`` (QuickGELU), ``module.`` prefixes when trained under ``nn.DataParallel``.
+    """
     sd = dict(_inner(obj, "model_state_dict", "state_dict"))
     w = b = None
     for head in ("classification_head", "classifier", "head"):
@@ -295,7 +298,8 @@ def cma_adapter(obj: Any, base: dict | None = None) -> Adapted:
             w, b = _pop_head(sd, head)
             break
     sd = _strip_first(sd, ("model.", "clip_model.", "clip."))
-    ad = Adapted(sd, head_weight=w, head_bias=b, head_input="embeds", format="cma")
+    ad = Adapted(sd, head_weight=w, head_bias=b, head_input="embeds", format="cma",
+                 quick_gelu=True, quick_gelu_reason="CMA fine-tunes OpenAI CLIP (the `clip` package)")
     if w is not None:
         ad.notes.append("head input assumed to be L2-normalised embeddings")
     return _tower_scope(ad)
