@@ -207,15 +207,17 @@ def report(
     methods = None if not method else [m for v in method for m in v.split(",")]
     if failure:
         result = api.failure_report(records, fmt=fmt_value, methods=methods)
-        if not isinstance(result, str) and (output or not out.is_terminal):
+        if not isinstance(result, str) and (output or not (out.is_terminal or "COLUMNS" in os.environ)):
             from .report import to_text
 
-            result = to_text(result)
+            result = to_text(result)  # full width, no split
         if output:
-            output.write_text(result)
+            atomic_write(output, result)
             console.print(f"wrote {output}")
-        else:
+        elif isinstance(result, str):
             out.print(result, soft_wrap=True, highlight=False, markup=False)
+        else:
+            out.print(result)  # packed to the terminal's width
         return
     result = api.report(records, fmt=fmt_value, baseline=baseline, ci=ci, n_boot=n_boot, seed=seed,
                         metrics=tuple(metric or ("auroc", "fpr95")), fpr=fpr.value, methods=methods,

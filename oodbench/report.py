@@ -258,9 +258,13 @@ class _Wide:
 
 
 def _pct(v: float | None, signed: bool = False) -> str:
+    """A fraction as a percentage with two decimals ("–" for none/NaN); a value that rounds to
+    zero prints as 0.00 (never "-0.00")."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
-    return f"{100 * v:+.2f}" if signed else f"{100 * v:.2f}"
+    x = 100 * v
+    x = 0.0 if abs(x) < 0.005 else x
+    return f"{x:+.2f}" if signed else f"{x:.2f}"
 
 
 def _plain_cell(wide: _Wide, row, col) -> str:
@@ -522,16 +526,80 @@ def render_failure(df: pd.DataFrame, fmt: str = "rich", title: str | None = None
         lines.append("|" + "---|" * len(keys) + "---:|" * len(values))
         lines += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in cells]
         return "\n".join([*lines, "", f"Percent. {note}", ""])
-    from rich import box
-    from rich.table import Table
+    return PackedTable(title or "Robustness and failure detection (%)", heads[: len(keys)], heads[len(keys):],
+                       cells, len(keys), note)
 
-    table = Table(title=title or "Robustness and failure detection (%)", box=box.SIMPLE_HEAD,
-                  caption=f"{note}", caption_justify="left")
-    for i, h in enumerate(heads):
-        table.add_column(h, justify="left" if i < len(keys) else "right", no_wrap=i >= len(keys))
-    for row in cells:
-        table.add_row(*row)
-    return table
+
+class PackedTable:
+    """A rich renderable: key columns, then value columns packed greedily into as many tables as
+    the console's width needs (each repeating the key columns), so no number is ever wrapped;
+    long headers break at spaces. Printed to a file (:func:`to_text`), it is one table."""
+
+    def __init__(self, title: str, key_heads: list[str], heads: list[str], rows: list[list[str]],
+                 n_keys: int, note: str):
+        self.title, self.key_heads, self.heads, self.note = title, key_heads, heads, note
+        self.keys = [r[:n_keys] for r in rows]
+        self.cells = [r[n_keys:] for r in rows]
+
+    def _widths(self) -> tuple[int, list[int]]:
+        keys = sum(max([len(h)] + [len(k[i]) for k in self.keys]) for i, h in enumerate(self.key_heads))
+        keys += 2 * (len(self.key_heads) - 1)
+        cols = [max([len(c[j]) for c in self.cells] + [max(map(len, h.split()))]) for j, h in enumerate(self.heads)]
+        return keys, cols
+
+    @staticmethod
+    def _wrap(head: str, width: int) -> str:
+        lines: list[str] = []
+        for word in head.split():
+            if lines and len(lines[-1]) + 1 + len(word) <= width:
+                lines[-1] += " " + word
+            else:
+                lines.append(word)
+        return "\n".join(lines)
+
+    def _table(self, title: str | None, cols: list[int], widths: list[int]):
+        from rich import box
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table(title=Text(title) if title else None, box=box.SIMPLE_HEAD, pad_edge=False,
+                      collapse_padding=True, show_edge=False)
+        for h in self.key_heads:
+            table.add_column(h, no_wrap=True)
+        for j in cols:
+            table.add_column(Text(self._wrap(self.heads[j], widths[j])), justify="right", no_wrap=True)
+        for k, c in zip(self.keys, self.cells):
+            table.add_row(*k, *(c[j] for j in cols))
+        return table
+
+    def natural_width(self, console=None) -> int:
+        keys, cols = self._widths()
+        return max(keys + sum(w + 2 for w in cols), len(self.title))
+
+    def __rich_console__(self, console, options):
+        from rich.text import Text
+
+        keys, widths = self._widths()
+        parts: list[list[int]] = []
+        used = options.max_width + 1
+        for j, w in enumerate(widths):
+            if parts and used + 2 + w <= options.max_width:
+                parts[-1].append(j)
+                used += 2 + w
+            else:
+                parts.append([j])
+                used = keys + 2 + w
+        for i, cols in enumerate(parts):
+            if i:
+                yield Text("")
+            yield self._table(self.title if i == 0 else None, cols, widths)
+        yield Text("")
+        yield Text(self.note, style="dim")
+
+    def __rich_measure__(self, console, options):
+        from rich.measure import Measurement
+
+        return Measurement(40, min(options.max_width, self.natural_width(console)))
 
 
 def _provenance_lines(prov: list[dict], bullet: str) -> list[str]:

@@ -134,3 +134,37 @@ def test_cli_report_shift_metrics_and_failure_table(digits_store):
     res = runner.invoke(app, ["report", "--store", store, "--failure", "-f", "markdown"])
     assert res.exit_code == 0, res.output
     assert f"{SHIFT} shift acc↑" in res.output and "ECE (shift)↓" in res.output
+
+
+def test_failure_table_fits_80_columns_and_files_get_full_width(digits_store, tmp_path):
+    """The rich failure table packs its columns into tables of the console's width (numbers never
+    wrapped); a file gets it as one full-width table, written atomically."""
+    import re
+
+    from oodbench.api import load_scores
+    from oodbench.report import render_failure, to_text
+
+    view = render_failure(failure_table(load_scores(store=digits_store["store"])))
+    narrow = to_text(view, 80)
+    lines = narrow.splitlines()
+    assert max(map(len, lines)) <= 80 and narrow.count("Method") >= 2  # split into several tables
+    full = to_text(view)
+
+    def numbers(text: str) -> list[str]:
+        return sorted(re.findall(r"(?<![\w.])-?\d+\.\d\d(?![\w.])", text))
+
+    assert len(numbers(full)) == 7 * 10  # 7 methods x 10 numeric columns (failure AUROC on ID is "–")
+    assert numbers(narrow) == numbers(full)  # every number whole on one line, none lost
+    assert "-0.00" not in narrow  # a value that rounds to zero is 0.00
+    assert full.count("Method") == 1 and max(map(len, full.splitlines())) > 80
+    out = tmp_path / "failure.txt"
+    res = CliRunner().invoke(app, ["report", "--store", str(digits_store["store"]), "--failure", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert out.read_text().count("Method") == 1 and not list(tmp_path.glob(".*tmp"))
+
+
+def test_percent_cells_never_show_negative_zero():
+    from oodbench.report import _pct
+
+    assert _pct(-1e-9) == "0.00" and _pct(-0.0) == "0.00" and _pct(-1e-9, signed=True) == "+0.00"
+    assert _pct(-0.0001) == "-0.01" and _pct(float("nan")) == "–"
