@@ -568,7 +568,7 @@ class PackedTable:
             table.add_column(h, no_wrap=True)
         for j in cols:
             table.add_column(Text(self._wrap(self.heads[j], widths[j])), justify="right", no_wrap=True)
-        for k, c in zip(self.keys, self.cells):
+        for k, c in zip(self.keys, self.cells, strict=True):
             table.add_row(*k, *(c[j] for j in cols))
         return table
 
