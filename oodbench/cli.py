@@ -367,7 +367,7 @@ def finetune(
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from <name>.state.pt if present.")] = True,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over even if files of another config exist.")] = False,
 ) -> None:
-    """Fine-tune CLIP (LP, FT, LP-FT, FLYP, LoRA; optional regulariser); write a checkpoint `extract --ckpt` reads."""
+    """Fine-tune CLIP (LP, FT, LP-FT, FLYP, LoRA, Lipsum-FT; optional regulariser); write a checkpoint `extract --ckpt` reads."""
     from .finetune import FinetuneConfig, wise_mix
     from .finetune import finetune as run_finetune
 
@@ -476,19 +476,22 @@ def world(retrain: Annotated[bool, typer.Option("--retrain", help="Train the tin
 @friendly
 def list_benchmarks(benchmarks: Benches = None) -> None:
     """Benchmarks of the catalogue with their ID and OoD datasets."""
+    from rich import box
     from rich.table import Table
 
     from .config import load_catalogue
 
     cat = load_catalogue(benchmarks)
-    t = Table(title=f"benchmarks in {cat.path}")
-    for c in ("benchmark", "ID train / test", "near-OoD", "far-OoD", "classes", "model"):
-        t.add_column(c)
+    t = Table(title=f"benchmarks in {cat.path}", box=box.SIMPLE_HEAD, show_lines=True)
+    t.add_column("benchmark", no_wrap=True)  # names are never cut; the set list wraps between names
+    t.add_column("classes", justify="right")
+    t.add_column("model")
+    t.add_column("datasets (ID train, test; near-, far-OoD; shift)", ratio=1)
     for b in cat.benchmarks.values():
-        near = [d for d, g in b.ood.items() if g == "near"]
-        far = [d for d, g in b.ood.items() if g == "far"]
-        t.add_row(b.name, f"{b.id_train} / {b.id_test}", ", ".join(near) or "-", ", ".join(far) or "-",
-                  str(len(b.classes)), f"{b.model.get('name', '-')} {b.model.get('pretrained', '')}")
+        groups = {"ID": [b.id_train, b.id_test], "near": [d for d, g in b.ood.items() if g == "near"],
+                  "far": [d for d, g in b.ood.items() if g == "far"], "shift": list(b.shift)}
+        sets = "; ".join(f"{g} {', '.join(ds)}" for g, ds in groups.items() if ds)
+        t.add_row(b.name, str(len(b.classes)), f"{b.model.get('name', '-')}\n{b.model.get('pretrained', '')}", sets)
     out.print(t)
 
 

@@ -233,3 +233,21 @@ def test_run_documents_its_model_options_and_takes_workers(monkeypatch):
     res = runner.invoke(app, ["run", "--workers", "3"])
     assert seen["options"].workers == 3
     assert res.exit_code == 1 and "No scores to report" in res.output  # the fake ran nothing
+
+
+def test_list_benchmarks_at_80_columns_cuts_no_name():
+    """Every benchmark and dataset name of the shipped catalogue appears whole at 80 columns."""
+    from typer.testing import CliRunner
+
+    from oodbench.cli import app
+    from oodbench.config import load_catalogue
+
+    res = CliRunner().invoke(app, ["list", "benchmarks"], env={"COLUMNS": "80"}, terminal_width=80)
+    assert res.exit_code == 0, res.output
+    assert max(map(len, res.output.splitlines())) <= 80
+    words = set(res.output.replace(",", " ").replace(";", " ").split())
+    cat = load_catalogue()
+    for b in cat.benchmarks.values():
+        assert b.name in words
+        for d in (b.id_train, b.id_test, *b.ood, *b.shift):
+            assert d in words, d
