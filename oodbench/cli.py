@@ -504,12 +504,16 @@ def list_methods(plugin: Plugins = None) -> None:
     from .scorers import get_scorer, scorer_names
 
     _plugins(plugin)
-    t = Table(title="scorers (higher score = more in-distribution)")
-    for c in ("method", "needs", "fit on", "defaults", "reference"):
-        t.add_column(c, overflow="fold")
+    from rich import box
+
+    t = Table(title="scorers (higher score = more in-distribution)", box=box.SIMPLE_HEAD, show_lines=True)
+    t.add_column("method", no_wrap=True)
+    for c in ("needs", "fit on", "defaults", "reference"):
+        t.add_column(c, overflow="fold", ratio=2 if c == "reference" else 1)
     for n in scorer_names():
         d = get_scorer(n).describe()
-        t.add_row(d["name"], d["needs"], d["fit"], d["defaults"], d["reference"])
+        defaults = d["defaults"].replace(", ", "\n")  # one parameter a line
+        t.add_row(d["name"], d["needs"], d["fit"], defaults, d["reference"])
     out.print(t)
 
 
