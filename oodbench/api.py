@@ -193,7 +193,8 @@ def score(methods: list[str] | str = SPINE_METHODS, *, benchmark: str = DEFAULT_
     for key in keys:  # new scores merge into each scores file: refuse a damaged one before any work
         if st.scores_path(key, bench.name).exists():
             load_records(st.scores_path(key, bench.name))
-    opened = [d for d in (bench.id_train, bench.id_val, bench.id_test, *bench.ood, *(bench.ood_val if tune else ()))
+    opened = [d for d in (bench.id_train, bench.id_val, bench.id_test, *bench.ood, *bench.shift,
+                          *(bench.ood_val if tune else ()))
               if d]
     for k in dict.fromkeys(filter(None, (*keys, ref_key))):
         check_split_files(st, k, opened, cat, bench.name)  # stale or misnamed feature files refused

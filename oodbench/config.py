@@ -293,13 +293,29 @@ def _benchmark(path: Path, name: str, raw: Any, datasets: dict) -> Benchmark:
     )
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml's safe loader, refusing a key given twice in one mapping (yaml keeps the last one
+    silently: a dataset defined twice would be read as whichever came last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (lines {seen[key] + 1} and "
+                    f"{key_node.start_mark.line + 1}): keep one", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_catalogue(path: str | Path | None = None) -> Catalogue:
     """Read and validate a benchmarks YAML (default: the one shipped with oodbench)."""
     path = Path(path) if path else PACKAGE_CATALOGUE
     if not path.is_file():
         raise OodbenchError(f"Benchmark file {str(path)!r} does not exist: pass an existing YAML with --benchmarks.")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (safe loader)
     except UnicodeDecodeError as exc:
         raise OodbenchError(
             f"{path} is not a text file (byte {exc.start} is not UTF-8): pass a benchmarks YAML with --benchmarks."

@@ -203,6 +203,12 @@ def load(path: Path, key: str, scorer) -> bool:
     if attrs.get("fit_key") != key:
         return False
     scalars = attrs.get("scalars") or {}
+    if not isinstance(scalars, dict) or any(
+        not isinstance(spec, dict) or (spec.get("numpy_scalar") and f"state/{k}" not in arrays)
+        or (not spec.get("numpy_scalar") and "value" not in spec)
+        for k, spec in scalars.items()
+    ):
+        return False  # a damaged entry: fit again
     for k, spec in scalars.items():
         if spec.get("numpy_scalar"):
             setattr(scorer, k, arrays[f"state/{k}"][()])

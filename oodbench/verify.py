@@ -147,7 +147,10 @@ def _check_features(path: Path, fingerprint: str | None, embed_dim: int | None, 
             problems.append("not marked complete")
         if fingerprint and a.get("model_fingerprint") != fingerprint:
             problems.append(f"model fingerprint {str(a.get('model_fingerprint'))[:12]} ≠ model.h5 {fingerprint[:12]}")
-        n = int(a.get("n_rows", -1))
+        try:
+            n = int(a.get("n_rows", -1))
+        except (TypeError, ValueError):
+            return problems + [f"n_rows attribute {a.get('n_rows')!r} is not a row count"]
         for name in ("image_embeds", "penultimate", "labels", "ids"):
             if name not in f:
                 problems.append(f"missing dataset {name}")
@@ -155,6 +158,9 @@ def _check_features(path: Path, fingerprint: str | None, embed_dim: int | None, 
         f.visititems(lambda k, o: datasets.append(k) if isinstance(o, h5py.Dataset) else None)
         for name in datasets:
             ds = f[name]
+            if not ds.shape:
+                problems.append(f"{name} is a scalar, not a dataset of rows")
+                continue
             if name != "skipped_ids" and ds.shape[0] != n:
                 problems.append(f"{name} has {ds.shape[0]} rows, n_rows says {n}")
             if ds.dtype.kind == "f":
@@ -213,7 +219,8 @@ def verify_store(root: str | Path, catalogue=None) -> list[Finding]:
         try:
             with open_h5(st.model_path(key)) as f:
                 ma = read_attrs(f)
-                proj = f["visual/proj"].shape[1] if "visual/proj" in f else None
+                shape = f["visual/proj"].shape if "visual/proj" in f else ()
+                proj = shape[1] if len(shape) == 2 else None
             fp = ma.get("fingerprint")
             out.append(Finding(st.model_path(key), bool(ma.get("complete")), "model " + str(fp)[:12]))
         except OodbenchError as exc:

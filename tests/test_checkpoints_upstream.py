@@ -443,6 +443,29 @@ def test_pickle_code_never_runs(tmp_path, monkeypatch):
     assert not (tmp_path / "PWNED").exists()
 
 
+
+def test_pickle_cannot_change_the_allowed_torch_functions(tmp_path):
+    """A BUILD on an allowed rebuild function (here: setting its ``__defaults__``) must neither
+    reach the real function nor change how later tensors load in the process."""
+    import torch
+
+    clean = tmp_path / "clean.pt"
+    torch.save({"w": torch.ones(3)}, clean)
+    poison = tmp_path / "poison.pt"
+    # GLOBAL torch._utils._rebuild_tensor_v2, then BUILD with (None, {'__defaults__': {'neg': True}})
+    poison.write_bytes(b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\nN}X\x0c\x00\x00\x00__defaults__}X\x03\x00"
+                       b"\x00\x00neg\x88s\x85s\x86b0" + pickle.dumps({"w": 1.0}, protocol=2))
+    defaults = torch._utils._rebuild_tensor_v2.__defaults__
+    try:
+        read_checkpoint(poison)
+    except OodbenchError:
+        pass  # refusing the file is fine; changing torch is not
+    assert torch._utils._rebuild_tensor_v2.__defaults__ == defaults
+    assert torch.equal(torch.load(clean, weights_only=True)["w"], torch.ones(3))
+    obj, _ = read_checkpoint(clean)
+    assert torch.equal(obj["w"], torch.ones(3))
+
+
 # ----------------------------------------------------------------------------- one-line errors
 
 def _cli_error(args, tmp_path):

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from oodbench.errors import OodbenchError
 from oodbench.finetune import FinetuneConfig, describe_checkpoint, finetune
 from oodbench.finetune.soup import val_evaluator
 from oodbench.finetune.trainer import Trainer, _schedule, accumulate_step
@@ -85,3 +86,15 @@ def test_epochs_and_keep_best(tmp_path):
     assert torch.equal(state[k], last["best"]["model"][k]) and not torch.equal(state[k], last["model"][k])
     ep = finetune(cfg, tmp_path / "ep")
     assert ep.step == 2 and describe_checkpoint(ep.path)["total_steps"] == 2
+
+
+def test_a_finished_epoch_run_is_not_retrained_silently(tmp_path):
+    """An --epochs run finishes at its own step count (not cfg.steps): rerunning it without resume
+    is refused as already trained instead of training again over the finished checkpoint."""
+    cfg = FinetuneConfig("ft", **{**FAST, "steps": 1}, epochs=1.5, shots=4, lr=3e-3)  # 2 steps
+    first = finetune(cfg, tmp_path)
+    assert first.step == 2 < FinetuneConfig("ft").steps
+    before = first.path.read_bytes()
+    with pytest.raises(OodbenchError, match="already trained"):
+        finetune(cfg, tmp_path, resume=False)
+    assert first.path.read_bytes() == before

@@ -302,3 +302,35 @@ def test_last_run_is_found_from_another_directory(digits_store, tmp_path, monkey
     res = CliRunner().invoke(app, ["report", "--store", str(store), "-f", "csv"])
     assert res.exit_code == 0, res.output
     assert "msp" in res.output
+
+
+def test_changed_shift_set_is_refused_not_scored(digits_store, tmp_path):
+    """The covariate-shift sets are checked like the ID and OoD splits before anything is scored."""
+    store, _ = _copy(digits_store, tmp_path)
+    text = PACKAGE_CATALOGUE.read_text()
+    old = "digits-shifted: {source: shifted_digits, digits: [0, 1, 2, 3, 4], split: test, severity: 3, seed: 0}"
+    assert text.count(old) == 1
+    bench = tmp_path / "benchmarks.yaml"
+    bench.write_text(text.replace(old, old.replace("severity: 3", "severity: 5")))
+    res = CliRunner().invoke(app, ["score", "-m", "msp", "--store", str(store), "--benchmarks", str(bench)])
+    line = _one_error_line(res)
+    assert "digits-shifted.h5 is stale" in line and "severity" in line
+
+
+def test_verify_reports_a_scalar_dataset_instead_of_crashing(digits_store, tmp_path):
+    store, key = _copy(digits_store, tmp_path)
+    path = Store(store).features_path(key, NEAR)
+    with h5py.File(path, "a") as f:
+        f["junk"] = 1.0
+    bad = {f.path.name: f.message for f in verify_store(store) if not f.ok}
+    assert list(bad) == [f"{NEAR}.h5"] and "junk is a scalar" in bad[f"{NEAR}.h5"]
+
+
+def test_a_key_given_twice_in_the_benchmarks_file_is_refused(tmp_path):
+    text = PACKAGE_CATALOGUE.read_text()
+    line = "  digits-5to9: {source: digits, digits: [5, 6, 7, 8, 9], split: test, ood: true}\n"
+    assert text.count(line) == 1
+    bench = tmp_path / "benchmarks.yaml"
+    bench.write_text(text.replace(line, line + line.replace("[5, 6, 7, 8, 9]", "[5]")))
+    with pytest.raises(OodbenchError, match=r"key 'digits-5to9' is given twice \(lines \d+ and \d+\): keep one"):
+        load_catalogue(bench)

@@ -509,3 +509,20 @@ def test_auto_search_path_follows_the_per_cpu_choice(monkeypatch):
     monkeypatch.setattr(topk, "_has_amx", lambda: False)
     first = topk.bf16_pays()  # measured
     assert isinstance(first, bool) and topk._BF16_PAYS is first
+
+
+def test_fit_cache_entry_missing_a_scalar_is_a_miss(tmp_path):
+    """A cache file whose recorded numpy scalar has no array (damaged, or written by another
+    version) is not trusted: load says False (refit) instead of raising."""
+    from types import SimpleNamespace
+
+    from oodbench import fitcache
+    from oodbench.store import write_h5_atomic
+
+    path = tmp_path / "vim-x.h5"
+    write_h5_atomic(path, {"state/mean_": np.zeros(3)},
+                    {"kind": "fit", "method": "vim", "params": {}, "fit_key": "k",
+                     "scalars": {"alpha_": {"numpy_scalar": True}}})
+    scorer = SimpleNamespace()
+    assert fitcache.load(path, "k", scorer) is False
+    assert not hasattr(scorer, "mean_")

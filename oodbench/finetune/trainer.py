@@ -431,7 +431,7 @@ def _existing_state(t: Trainer, resume: bool, overwrite: bool) -> dict | None:
         raise OodbenchError(f"{t.state_path} was written by another configuration or base model: pass --overwrite "
                             "to start over, or choose another --name / --out.")
     if not resume:
-        if state["step"] >= t.cfg.steps and t.ckpt_path.exists():
+        if state["step"] >= t.n_steps and t.ckpt_path.exists():
             raise OodbenchError(f"{t.ckpt_path} is already trained with this configuration: pass --overwrite to "
                                 "train it again.")
         return None

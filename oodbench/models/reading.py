@@ -78,8 +78,25 @@ class _Stub(torch.nn.Module):
         return f"<stub {self._stub_name}>"
 
 
+class _Call:
+    """An allowed function as the pickle sees it: callable, but immutable to the pickle (a BUILD
+    on the real function object could set e.g. its ``__defaults__`` for the whole process)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def __setstate__(self, state: Any) -> None:
+        raise pickle.UnpicklingError(f"the pickle tries to change {getattr(self.fn, '__name__', 'a function')}")
+
+
 def _rebuild_from_type_v2(func: Any, new_type: Any, args: tuple, state: Any) -> Any:
     """torch's tensor-subclass rebuild, allowed only for plain tensors and parameters."""
+    func = func.fn if isinstance(func, _Call) else func
     if func not in _REBUILDERS or new_type not in (torch.Tensor, torch.nn.Parameter):
         raise pickle.UnpicklingError(f"tensor subclass {getattr(new_type, '_stub_name', new_type)}")
     ret = func(*args)
@@ -123,7 +140,8 @@ class SafeUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         module, name = _py3_name(module, name)
         if (module, name) in _ALLOWED:
-            return _ALLOWED[(module, name)]
+            found = _ALLOWED[(module, name)]
+            return _Call(found) if isinstance(found, types.FunctionType) else found
         self.seen.add(f"{module}.{name}")
         _SEEN.add(f"{module}.{name}")
         return _stub_class(module, name)
