@@ -91,9 +91,9 @@ def test_epochs_and_keep_best(tmp_path):
 def test_a_finished_epoch_run_is_not_retrained_silently(tmp_path):
     """An --epochs run finishes at its own step count (not cfg.steps): rerunning it without resume
     is refused as already trained instead of training again over the finished checkpoint."""
-    cfg = FinetuneConfig("ft", **{**FAST, "steps": 1}, epochs=1.5, shots=4, lr=3e-3)  # 2 steps
+    cfg = FinetuneConfig("ft", **{**FAST, "steps": 50}, epochs=1.5, shots=4, lr=3e-3)  # 2 steps, not 50
     first = finetune(cfg, tmp_path)
-    assert first.step == 2 < FinetuneConfig("ft").steps
+    assert first.step == 2 < cfg.steps
     before = first.path.read_bytes()
     with pytest.raises(OodbenchError, match="already trained"):
         finetune(cfg, tmp_path, resume=False)
