@@ -113,52 +113,31 @@ def bf16_matmul_accumulates_in_fp32() -> bool:
 
 
 _BF16_PAYS: bool | None = None
-BF16_MARGIN = 0.8  # bf16 must take < 80 % of the float32 time: near-equal timings (noise) -> float32
 
 
 def _has_amx() -> bool:
     try:
         with open("/proc/cpuinfo") as f:
             return " amx_bf16" in f.read()
-    except OSError:  # not Linux: measure
+    except OSError:  # not Linux: no AMX known
         return False
 
 
 def bf16_pays() -> bool:
-    """Whether the bf16 candidate search beats the plain float32 search on this CPU.
+    """Whether ``method="auto"`` takes the bf16 candidate search on this CPU: only where the CPU
+    has AMX (``amx_bf16`` in /proc/cpuinfo; the path was designed for it) and torch's bf16
+    matmul accumulates in float32.
 
-    CPUs with AMX (``amx_bf16`` in /proc/cpuinfo; the path was designed for them): yes.
-    Otherwise measured once per process (well under a second): both searches on the same
-    synthetic unit bank (4096 x 256, 256 queries, k = 16), best of 2 each; bf16 is chosen only
-    if it takes < ``BF16_MARGIN`` of the float32 time. A faster bf16 matmul alone does not
-    decide it: on an AMD EPYC with AVX512-BF16 (no AMX) the bf16 matmul is 2.5x faster than
-    float32 yet the whole bf16 search was slower (group maxima and re-rank cost more than
-    the matmul saves; ``benchmarks/bf16_search_speed.py``). Both paths return the exact
-    float32 top-k values, so the choice changes speed only (and float32 rounding of the
-    re-rank, ~1 ulp)."""
-    import torch
+    Decided from the CPU alone, never from a timing, so two runs on one machine always take the
+    same path (same float32 re-rank rounding). A faster bf16 matmul alone would not justify it:
+    on an AMD EPYC with AVX512-BF16 (no AMX) the bf16 matmul is 2.5x faster than float32 yet the
+    whole bf16 search was slower, 3.77 s vs 3.27 s (group maxima and re-rank cost more than the
+    matmul saves; ``benchmarks/bf16_search_speed.py``). Both paths return the exact float32
+    top-k values, so the choice changes speed only (and float32 rounding of the re-rank, ~1 ulp).
+    """
     global _BF16_PAYS
     if _BF16_PAYS is None:
-        _BF16_PAYS = False
-        if bf16_matmul_accumulates_in_fp32() and _has_amx():
-            _BF16_PAYS = True
-        elif bf16_matmul_accumulates_in_fp32():
-            import time
-
-            g = torch.Generator().manual_seed(0)
-            bank = torch.nn.functional.normalize(torch.randn(4096, 256, generator=g), dim=1)
-            q = (bank[:256] + 0.3 * torch.randn(256, 256, generator=g)).numpy()
-            best = {}
-            for method in ("exact", "bf16"):
-                index = InnerProductIndex(bank.numpy(), method)
-                index.search(q[:64], 16)  # warm-up (kernel selection, buffers)
-                times = []
-                for _ in range(2):
-                    t0 = time.perf_counter()
-                    index.search(q, 16)
-                    times.append(time.perf_counter() - t0)
-                best[method] = min(times)
-            _BF16_PAYS = best["bf16"] < BF16_MARGIN * best["exact"]
+        _BF16_PAYS = bool(_has_amx() and bf16_matmul_accumulates_in_fp32())
     return _BF16_PAYS
 
 
