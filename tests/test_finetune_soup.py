@@ -152,3 +152,20 @@ def test_lipsum_loss_is_ce_plus_weighted_gap(tmp_path):
         gap = ((s * F.normalize(z, dim=-1) @ u.T - s * z0 @ u.T) ** 2).sum(1).div(2 * 8).mean()
     assert float(gap) > 0
     assert float(loss) == pytest.approx(float(ce + 0.5 * gap), rel=1e-5)
+
+
+def test_damaged_checkpoints_are_one_line(tmp_path):
+    """A truncated soup ingredient or resume state is one OodbenchError naming the file."""
+    from oodbench.errors import OodbenchError
+    from oodbench.finetune import describe_checkpoint
+    from oodbench.finetune.common import load_checkpoint_file
+
+    bad = tmp_path / "ft.pt"
+    torch.save({"state_dict": {"w": torch.ones(3)}}, bad)
+    bad.write_bytes(bad.read_bytes()[:40])
+    with pytest.raises(OodbenchError, match=r"ft\.pt is not a readable checkpoint .*truncated or damaged"):
+        describe_checkpoint(bad)
+    with pytest.raises(OodbenchError, match=r"gone\.pt does not exist"):
+        load_checkpoint_file(tmp_path / "gone.pt")
+    with pytest.raises(OodbenchError, match=r"ft\.pt is not a readable checkpoint"):
+        soup([bad, bad], tmp_path / "soup.pt")

@@ -64,11 +64,34 @@ def _state_fingerprint(sd: dict[str, torch.Tensor], head_w: torch.Tensor | None,
 
 
 def _save_atomic(obj: Any, path: Path) -> Path:
+    """``torch.save`` to a temporary name unique to this process, then renamed into place."""
+    from ..fsutil import atomic_path
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
     return path
+
+
+def load_checkpoint_file(path: str | Path, fix: str = "write it again") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU; an unreadable file is one line.
+
+    Raises:
+        OodbenchError: the file is missing, empty, truncated or not a torch checkpoint.
+    """
+    import pickle
+
+    from ..errors import OodbenchError
+
+    path = Path(path)
+    if not path.is_file():
+        raise OodbenchError(f"{path} does not exist: {fix}.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise OodbenchError(f"{path} is not a readable checkpoint ({reason}): it is truncated or damaged; "
+                            f"{fix}.") from None
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
@@ -77,5 +100,5 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
 
 def describe_checkpoint(path: str | Path) -> dict[str, Any]:
     """The ``oodbench`` metadata entry of a checkpoint written by :func:`finetune` (or {})."""
-    obj = torch.load(Path(path), map_location="cpu", weights_only=True)
+    obj = load_checkpoint_file(path)
     return dict(obj.get("oodbench", {})) if isinstance(obj, dict) else {}

@@ -24,7 +24,13 @@ from ..config import load_catalogue
 from ..console import info
 from ..errors import OodbenchError
 from ..models import load_model
-from .common import _jsonable, _save_atomic, _state_fingerprint, class_text_embeddings
+from .common import (
+    _jsonable,
+    _save_atomic,
+    _state_fingerprint,
+    class_text_embeddings,
+    load_checkpoint_file,
+)
 from .data import load_split
 
 HEAD_KEYS = ("classification_head.weight", "classification_head.bias")
@@ -70,7 +76,7 @@ def greedy_soup(states: Sequence[dict[str, torch.Tensor]], evaluate: Callable[[d
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict]:
     if not path.is_file():
         raise OodbenchError(f"{path}: no such checkpoint.")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = load_checkpoint_file(path, "pass checkpoints written by oodbench finetune")
     meta = obj.get("oodbench") if isinstance(obj, dict) else None
     if not isinstance(meta, dict) or not isinstance(obj.get("state_dict"), dict):
         raise OodbenchError(f"{path}: not a checkpoint written by oodbench finetune (no 'oodbench' entry): soups "

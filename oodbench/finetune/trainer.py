@@ -36,6 +36,7 @@ from .common import (
     amp_dtype,
     describe_checkpoint,
     embed_images,
+    load_checkpoint_file,
 )
 from .config import CKPT_FORMAT_VERSION, STATE_FORMAT, FinetuneConfig, FinetuneResult
 from .data import (
@@ -425,7 +426,7 @@ def _existing_state(t: Trainer, resume: bool, overwrite: bool) -> dict | None:
             raise OodbenchError(f"{t.ckpt_path} exists but has no resume state next to it: pass --overwrite "
                                 "(or another --name / --out) to train again.")
         return None
-    state = torch.load(t.state_path, map_location="cpu", weights_only=True)
+    state = load_checkpoint_file(t.state_path, "pass --overwrite to train again")
     same = state.get("identity") == _jsonable(t.cfg.identity()) and state.get("base_fingerprint") == t.base_fingerprint
     if not same:
         raise OodbenchError(f"{t.state_path} was written by another configuration or base model: pass --overwrite "
