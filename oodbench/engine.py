@@ -113,7 +113,8 @@ def load_inputs(store: Store, view: ModelView, dataset: str, head: Head, split: 
     _check_widths(ff, view)
     loaders = {k: StoreColumn(ff, k) for k in FEATURE_KEYS if k in ff.keys}
     extra = {"layer_indices": ff.attrs.get("layer_indices") or [], "file": str(ff.path), "dataset": dataset,
-             "sample_fingerprint": ff.attrs.get("sample_fingerprint")}
+             "sample_fingerprint": ff.attrs.get("sample_fingerprint"),
+             "identity": f"{ff.attrs.get('created')}|{ff.attrs.get('sample_fingerprint')}"}
     return Inputs(split, loaders, head, view.text, view.visual, extra)
 
 
@@ -427,6 +428,10 @@ def record_provenance(run: ScoringRun, res: Scored) -> dict[str, Any]:
         prov["reference_model"] = {"model_key": run.ref_view.key, "fingerprint": run.ref_view.fingerprint,
                                    "model": run.ref_view.attrs.get("label", run.ref_view.key)}
     prov["feature_files"] = {d: x.extra["file"] for d, x in {**run.inputs, **run.ood, **run.shift}.items()}
+    # which version of each file (completion time | sample list): a later merge of the scores file
+    # drops groups that were computed from another version of the same dataset (re-extracted)
+    prov["feature_identity"] = {x.extra["dataset"]: x.extra["identity"]
+                                for x in {**run.inputs, **run.ood, **run.shift}.values()}
     return prov
 
 

@@ -6,6 +6,7 @@ everything a report needs, with no features (so reports are instant).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,6 +89,22 @@ def save_records(path, records: list[ScoreRecord], meta: dict[str, Any]) -> None
         _merge_records(path, records, meta)
 
 
+def _stale_group(attrs: dict[str, Any], current: dict[str, str]) -> bool:
+    """Whether a stored group was computed from another version of a feature file that the new
+    records read (same dataset, other completion time or sample list). Groups without the
+    record (older files) are kept."""
+    prov = attrs.get("provenance")
+    if isinstance(prov, str):
+        try:
+            prov = json.loads(prov)
+        except ValueError:
+            return False
+    seen = (prov or {}).get("feature_identity") if isinstance(prov, dict) else None
+    if not isinstance(seen, dict):
+        return False
+    return any(d in current and current[d] != ident for d, ident in seen.items())
+
+
 def _merge_records(path, records: list[ScoreRecord], meta: dict[str, Any]) -> None:
     from pathlib import Path
 
@@ -98,12 +115,26 @@ def _merge_records(path, records: list[ScoreRecord], meta: dict[str, Any]) -> No
     path = Path(path)
     arrays: dict[str, np.ndarray] = {}
     group_attrs: dict[str, dict[str, Any]] = {}
+    current: dict[str, str] = {}  # dataset -> identity of the feature file the new records read
+    for r in records:
+        current.update((r.provenance or {}).get("feature_identity") or {})
+    dropped = []
     if path.exists():
         with open_h5(path) as f:
             for g in f:
-                if g not in {_group_name(r.label) for r in records}:
-                    f[g].visititems(lambda n, o, g=g: arrays.__setitem__(f"{g}/{n}", o[()]) if isinstance(o, h5py.Dataset) else None)
-                    group_attrs[g] = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f[g].attrs.items()}
+                if g in {_group_name(r.label) for r in records}:
+                    continue
+                attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f[g].attrs.items()}
+                if _stale_group(attrs, current):
+                    dropped.append(str(attrs.get("label", g)))
+                    continue
+                f[g].visititems(lambda n, o, g=g: arrays.__setitem__(f"{g}/{n}", o[()]) if isinstance(o, h5py.Dataset) else None)
+                group_attrs[g] = attrs
+    if dropped:
+        from .console import warn
+
+        warn(f"{path}: dropped the scores of {', '.join(dropped)}: they were computed from feature files "
+             "that have since been re-extracted; score them again")
     for r in records:
         g = _group_name(r.label)
         arrays[f"{g}/id"] = np.asarray(r.id_scores, np.float64)

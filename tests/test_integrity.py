@@ -334,3 +334,23 @@ def test_a_key_given_twice_in_the_benchmarks_file_is_refused(tmp_path):
     bench.write_text(text.replace(line, line + line.replace("[5, 6, 7, 8, 9]", "[5]")))
     with pytest.raises(OodbenchError, match=r"key 'digits-5to9' is given twice \(lines \d+ and \d+\): keep one"):
         load_catalogue(bench)
+
+
+def test_scores_of_replaced_features_are_not_kept_beside_new_ones(digits_store, tmp_path):
+    """After a dataset is re-extracted (--overwrite), scoring one method drops the stored groups
+    of the others (computed from the old file) with a warning, instead of reporting both."""
+    from oodbench.results import load_records
+
+    store, key = _copy(digits_store, tmp_path)
+    runner = CliRunner()
+    assert runner.invoke(app, ["score", "-m", "msp,energy", "--store", str(store)]).exit_code == 0
+    scores = Store(store).scores_path(key, "digits")
+    assert {r.method for r in load_records(scores)} >= {"msp", "energy"}
+    res = runner.invoke(app, ["extract", "-b", "digits", "--dataset", NEAR, "--store", str(store),
+                              "--device", "cpu", "--overwrite", "--layers", "all", "--local"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["score", "-m", "energy", "--store", str(store)])
+    assert res.exit_code == 0, res.output
+    assert "dropped the scores of" in " ".join(res.output.split()) and "msp" in res.output
+    methods = {r.method for r in load_records(scores)}
+    assert "energy" in methods and "msp" not in methods
