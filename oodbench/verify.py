@@ -68,7 +68,8 @@ def current_sample_list(catalogue, dataset: str) -> tuple[str, int] | None:
             if isinstance(lst, str) and "${data_root}" in lst:  # only the list: the images' root may be absent
                 if not os.environ.get("OODBENCH_DATA"):
                     return None
-                lst = lst.replace("${data_root}", os.environ["OODBENCH_DATA"])
+                root = str(Path(os.environ["OODBENCH_DATA"]).expanduser().absolute())  # as extract resolves it
+                lst = lst.replace("${data_root}", root)
             reader = SpecReader({"source": kind, "list": lst, "ood": spec.get("ood", False)}, dataset,
                                 required=("list",), optional=("ood",))
             src = ImageListSource(dataset, reader.path("list", base=catalogue.path.parent), ".",
