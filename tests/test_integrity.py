@@ -354,3 +354,22 @@ def test_scores_of_replaced_features_are_not_kept_beside_new_ones(digits_store, 
     assert "dropped the scores of" in " ".join(res.output.split()) and "msp" in res.output
     methods = {r.method for r in load_records(scores)}
     assert "energy" in methods and "msp" not in methods
+
+
+def test_list_under_a_relative_data_root_is_found_as_extract_finds_it(tmp_path, monkeypatch):
+    """``${data_root}`` in a list path, from a relative $OODBENCH_DATA, resolves from the working
+    directory (as extract resolves it), not from the benchmarks file's folder."""
+    from oodbench.verify import current_sample_list
+
+    (tmp_path / "work" / "data").mkdir(parents=True)
+    (tmp_path / "work" / "data" / "ood.txt").write_text("a.png 0\nb.png 0\n")
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "cat" / "b.yaml").write_text(
+        "datasets:\n"
+        "  o: {source: imglist, list: '${data_root}/ood.txt', root: '${data_root}/x', ood: true}\n"
+        "  f: {source: imagefolder, root: '${data_root}/f'}\n"
+        "benchmarks:\n  b: {classes: [a], id: {train: f, test: f}, ood: {far: [o]}}\n")
+    monkeypatch.chdir(tmp_path / "work")
+    monkeypatch.setenv("OODBENCH_DATA", "data")
+    found = current_sample_list(load_catalogue(tmp_path / "cat" / "b.yaml"), "o")
+    assert found is not None and found[1] == 2
