@@ -146,7 +146,9 @@ def test_overwrite_replaces_a_complete_file(one_split):
     assert FeatureFile(path).load("image_embeds")[0, 0] == 123.0
     _extract(store, overwrite=True)
     ff = FeatureFile(path)
-    assert ff.load("image_embeds")[0, 0] != 123.0 and ff.attrs["created"] != created and len(ff) == 359
+    # the marked value is gone: the file was extracted again ("created" has 1 s resolution, so
+    # it may equal the first extraction's when both ran within one second)
+    assert ff.load("image_embeds")[0, 0] != 123.0 and ff.attrs["created"] >= created and len(ff) == 359
     assert not list(store.rglob("*.lock")) and not list(store.rglob("*.partial"))
 
 
