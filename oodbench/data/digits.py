@@ -101,14 +101,20 @@ class DigitsSource(Source):
         return {"digits": self.digits, "split": self.split, "seed": self.seed, "ood": self.ood}
 
 
-def from_spec(
-    spec: SpecReader, data_root: str | Path | None = None, download: bool = False
-) -> DigitsSource:
-    """Build a `DigitsSource` from a validated benchmarks.yaml entry (needs no data root)."""
+def read_digits(spec: SpecReader) -> list[int]:
+    """The entry's ``digits``: a non-empty list of distinct integers 0-9 (default: all ten)."""
     digits = spec.get("digits", list(range(10)))
     valid = isinstance(digits, list) and digits and len(set(digits)) == len(digits)
     if not valid or not all(type(d) is int and 0 <= d <= 9 for d in digits):
         raise spec.bad("digits", "a non-empty list of distinct integers 0-9")
+    return digits
+
+
+def from_spec(
+    spec: SpecReader, data_root: str | Path | None = None, download: bool = False
+) -> DigitsSource:
+    """Build a `DigitsSource` from a validated benchmarks.yaml entry (needs no data root)."""
+    digits = read_digits(spec)
     return DigitsSource(
         spec.name,
         digits=digits,

@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image
 
 from oodbench.data.base import Source, check_index
-from oodbench.data.digits import SPLITS, DigitsSource, digits_data
+from oodbench.data.digits import SPLITS, DigitsSource, digits_data, read_digits
 from oodbench.data.spec import SpecReader
 from oodbench.errors import suggest
 
@@ -232,10 +232,7 @@ def from_spec(
     severity = spec.integer("severity", 3, minimum=1)
     if severity not in SEVERITIES:
         raise spec.bad("severity", "an integer from 1 (mild) to 5 (strong)")
-    digits = spec.get("digits", list(range(10)))
-    valid = isinstance(digits, list) and digits and len(set(digits)) == len(digits)
-    if not valid or not all(type(d) is int and 0 <= d <= 9 for d in digits):
-        raise spec.bad("digits", "a non-empty list of distinct integers 0-9")
+    digits = read_digits(spec)
     return ShiftedDigitsSource(
         spec.name,
         corruptions=corruptions,

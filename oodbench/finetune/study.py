@@ -375,15 +375,22 @@ def acc_vs_auroc_figure(df, entries: list[StudyEntry], group: str = "near avg", 
         ax.set_xlabel("ID accuracy (%)", fontsize=8)
     for ax in axes[:, 0]:
         ax.set_ylabel("AUROC (%)", fontsize=8)
+
+    handles = _legend_handles(entries, families, colour)
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(8, len(handles)), fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def _legend_handles(entries, families, colour) -> list:
+    """Legend entries of the study figures: one marker per recipe family, plus the WiSE-FT path."""
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], marker="*" if f == "zeroshot" else "o", ls="", color=colour[f], label=f) for f in families]
     if any(e.kind == "wise" for e in entries):
         handles.append(Line2D([], [], marker="o", ls="-", color="grey", markerfacecolor="none", label="WiSE-FT α"))
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(8, len(handles)), fontsize=8, frameon=False)
-    if title:
-        fig.suptitle(title, fontsize=11)
-    return fig
+    return handles
 
 
 def _shown_labels(df, methods: Sequence[str]) -> list[str]:
@@ -426,7 +433,6 @@ def wise_shift_figure(df, entries: list[StudyEntry], title: str = ""):
     accuracies are the same for every scorer, so one panel."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
 
     rows = df[df["ood"] == "avg"].groupby("model", sort=False)[["accuracy", "shift_accuracy"]].first()
     fig = Figure(figsize=(3.6, 3.4), layout="constrained")
@@ -452,9 +458,7 @@ def wise_shift_figure(df, entries: list[StudyEntry], title: str = ""):
     ax.set_ylabel("shift accuracy (%)", fontsize=8)
     ax.tick_params(labelsize=7)
     ax.grid(alpha=0.3)
-    handles = [Line2D([], [], marker="*" if f == "zeroshot" else "o", ls="", color=colour[f], label=f) for f in families]
-    if any(e.kind == "wise" for e in entries):
-        handles.append(Line2D([], [], marker="o", ls="-", color="grey", markerfacecolor="none", label="WiSE-FT α"))
+    handles = _legend_handles(entries, families, colour)
     fig.legend(handles=handles, loc="outside lower center", ncol=min(4, len(handles)), fontsize=7, frameon=False)
     if title:
         fig.suptitle(title, fontsize=9)
