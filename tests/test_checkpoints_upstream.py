@@ -135,8 +135,7 @@ class Upstream:
 
         self.modeling = modeling
         # clip/__init__ needs pkg_resources; the model module itself does not: load it alone
-        if importlib.util.find_spec("clip") is None:
-            pytest.skip("needs OpenAI's clip package: pip install -e '.[test]' (clip-anytorch)")
+        assert importlib.util.find_spec("clip") is not None, "needs OpenAI's clip package: pip install -e '.[test]' (clip-anytorch)"
         where = Path(importlib.util.find_spec("clip").submodule_search_locations[0])
         clip_pkg = types.ModuleType("clip")
         clip_pkg.__path__ = [str(where)]
@@ -312,7 +311,7 @@ def test_clipood_visual_state_dict(upstream, probe, tmp_path):
     path = tmp_path / "checkpoints" / "latest.pth"
     path.parent.mkdir()
     torch.save(classifier.state_dict(), path)  # upstream's save call
-    saved = torch.load(path)
+    saved = torch.load(path, weights_only=True)
     assert saved["conv1.weight"].dtype == torch.float16 and saved["ln_pre.weight"].dtype == torch.float32
     ref = upstream.openai_clip(seed=6).visual  # other weights, overwritten by the file's
     ref.load_state_dict(saved)
@@ -413,7 +412,7 @@ def test_cma_training_checkpoint(upstream, probe, tmp_path, gpus):
     path = tmp_path / "model_CMA_10.pt"
     torch.save({"epoch": 10, "model_state_dict": model.state_dict(), "optimizer_state_dict": opt.state_dict()},
                path)
-    assert all(k.startswith("module.") for k in torch.load(path)["model_state_dict"]) == (gpus > 1)
+    assert all(k.startswith("module.") for k in torch.load(path, weights_only=True)["model_state_dict"]) == (gpus > 1)
     upstream.hide()
     bundle = load_model(OAI, None, ckpt=path)
     assert bundle.info["ckpt_format"] == "cma" and not bundle.info["partial"] and bundle.head is None

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import pytorch_ood.detector as detector  # noqa: E402  (the test extra: a missing install fails, never skips)
 import torch
 from threadpoolctl import threadpool_limits
 
 from oodbench.scorers import Head, Inputs, TextBank, make_scorer
-
-detector = pytest.importorskip("pytorch_ood.detector")
 
 C, D, N_TRAIN = 5, 24, 400
 

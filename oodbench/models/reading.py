@@ -273,6 +273,11 @@ def _has_tensors(obj: Any, depth: int = 3) -> bool:
 
 
 def _torch_load(path: Path, module: Any) -> Any:
+    """``torch.load`` through ``module``'s unpickler. ``weights_only=False`` is what lets torch use
+    that unpickler at all (``weights_only=True`` takes torch's own, which refuses the pickled
+    objects WiSE-FT/FLYP files hold): :data:`SAFE_PICKLE` is itself the restriction (tensors
+    rebuilt, every other global stubbed, nothing imported or run); :data:`TRUST_PICKLE` is used
+    only with ``--trust-pickle``."""
     return torch.load(path, map_location="cpu", weights_only=False, pickle_module=module)
 
 
